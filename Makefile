@@ -1,0 +1,55 @@
+# chatsite: `make run` starts the whole thing, `make test` runs the whole suite. Both install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The test database (pytest-django creates test_<name> from it) and a Redis database of its own.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+# llama-cpp-python builds llama.cpp from source. Build for a portable x86-64 baseline (AVX2): a native build
+# also turns on AMX, which crashes (SIGSEGV in llama_decode) in this workplace's VMs that advertise it, and a
+# cached native wheel would break on any other CPU.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: run test lint format install install-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall only when the requirements change. llama-cpp-python builds from source the first time
+# (about 6 minutes on 2 cores); pip caches the wheel afterwards.
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	@echo "Installing requirements (the first time, llama-cpp-python compiles for about 6 minutes)..."
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	@$(BIN)/python manage.py check_redis
+	$(BIN)/python manage.py migrate --no-input
+	@$(BIN)/python manage.py ensure_demo_user
+	@echo "chatsite: http://$${CHATSITE_HOST:-127.0.0.1}:$${CHATSITE_PORT:-8000}/  (API under /api/, admin at /admin/)"
+	$(BIN)/honcho start
+
+test: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,107 @@
+"""One JSON error shape for the whole API (DESIGN.md section 3).
+
+Every error is `{"error": "<machine code>", "message": "<text for people>"}`, plus `"fields": {...}` for
+validation errors, where each key is a request field (camelCase, as sent) and each value a list of messages.
+"""
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.response import Response
+
+# DRF's codes, renamed where ours read better.
+_CODES = {
+    "not_authenticated": "not_authenticated",
+    "authentication_failed": "not_authenticated",
+    "permission_denied": "forbidden",
+    "not_found": "not_found",
+    "parse_error": "malformed_json",
+    "method_not_allowed": "method_not_allowed",
+    "unsupported_media_type": "unsupported_media_type",
+    "throttled": "rate_limited",
+    "invalid": "invalid_request",
+}
+
+
+def error_body(code: str, message: str, fields: dict | None = None) -> dict:
+    """The error shape: `{"error": code, "message": message}` plus `fields` when given."""
+    body = {"error": code, "message": message}
+    if fields is not None:
+        body["fields"] = fields
+    return body
+
+
+def _flatten(detail) -> list[str]:  # noqa: ANN001
+    if isinstance(detail, dict):
+        return [m for v in detail.values() for m in _flatten(v)]
+    if isinstance(detail, list):
+        return [m for v in detail for m in _flatten(v)]
+    return [str(detail)]
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF exception handler that renders every API error in the shape above.
+
+    Returns None for exceptions DRF does not handle, which Django then turns into a 500 (logged).
+    """
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if not isinstance(exc, exceptions.APIException):
+        return None
+
+    headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))
+
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail
+        if isinstance(detail, dict):
+            fields = {key: _flatten(value) for key, value in detail.items()}
+            first_key, first = next(iter(fields.items()))
+            prefix = "" if first_key == "non_field_errors" else f"{first_key}: "
+            body = error_body("invalid_request", f"{prefix}{first[0]}", fields)
+        else:
+            body = error_body("invalid_request", " ".join(_flatten(detail)))
+    else:
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else exc.default_code
+        body = error_body(_CODES.get(code, code), " ".join(_flatten(exc.detail)))
+
+    from rest_framework.views import set_rollback  # here: DRF's views import our auth, which imports us
+
+    set_rollback()
+    return Response(body, status=exc.status_code, headers=headers)
+
+
+class JSONFallbackNegotiation(DefaultContentNegotiation):
+    """Answer errors in JSON even to a client that asked only for `text/event-stream`.
+
+    A streaming client sends `Accept: text/event-stream`; an error before the stream starts must still reach
+    it (as JSON) instead of becoming a 406.
+    """
+
+    def select_renderer(self, request, renderers, format_suffix=None):  # noqa: ANN001, ANN201
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except exceptions.NotAcceptable:
+            return renderers[0], renderers[0].media_type
+
+
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """handler404: unknown URLs answer in the API's error shape."""
+    return JsonResponse(error_body("not_found", f"No such URL: {request.path}"), status=404)
+
+
+def json_server_error(request: HttpRequest) -> JsonResponse:
+    """handler500: never a stack trace, always the error shape."""
+    return JsonResponse(error_body("internal_error", "Something went wrong on our side."), status=500)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> JsonResponse:
+    """CSRF_FAILURE_VIEW for Django's middleware (non-API pages)."""
+    return JsonResponse(error_body("csrf_failed", f"CSRF check failed: {reason}."), status=403)

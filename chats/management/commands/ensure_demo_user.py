@@ -1,0 +1,26 @@
+"""`manage.py ensure_demo_user`: on a fresh install, create a superuser to log in with, and say so once."""
+
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Create a demo superuser when there are no users yet, and print its name and password."
+
+    def add_arguments(self, parser) -> None:  # noqa: ANN001
+        parser.add_argument("--username", default="demo")
+
+    def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
+        User = get_user_model()
+        if User.objects.exists():
+            return
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser(username=options["username"], email="", password=password)
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Created the demo user (also an admin at /admin/): username {options['username']!r}, "
+                f"password {password!r}. It is shown only this once."
+            )
+        )

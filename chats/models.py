@@ -1,0 +1,101 @@
+"""Users, chats and messages (DESIGN.md section 2)."""
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+
+class User(AbstractUser):
+    """A person who chats. Its UUID `id` is the `userId` that clients send (seed 004)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+
+
+class Chat(models.Model):
+    """A conversation owned by one user; its messages form a tree through `Message.parent`."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chats")
+    title = models.CharField(max_length=settings.CHATSITE_MAX_TITLE_CHARS, blank=True, default="")
+    # The public id of a `pipelines.ModelConfig` (kept as text so a chat outlives a removed model).
+    model_id = models.CharField(max_length=100, blank=True, default="")
+    workflow = models.ForeignKey(
+        "pipelines.Workflow", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-created_at"]
+        indexes = [models.Index(fields=["owner", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title or f"Chat {self.id}"
+
+
+class Message(models.Model):
+    """One message of a chat: a user's question or an assistant's reply (and, later, system and tool turns).
+
+    An assistant message goes `queued` -> `streaming` -> one of `completed`, `failed`, `cancelled`; its
+    `content`, usage, finish reason and error are written once, when the reply ends.
+    """
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+        SYSTEM = "system"
+        TOOL = "tool"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        STREAMING = "streaming"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETED)
+    model_id = models.CharField(max_length=100, blank=True, default="")
+    workflow = models.ForeignKey(
+        "pipelines.Workflow", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The message this one answers or follows: a reply's parent is its question, a question's parent is
+    # the reply before it. Regenerate and edit make siblings; a prompt is the chain of parents.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    finish_reason = models.CharField(max_length=32, blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # {"code": str, "message": str, "retryable": bool} when status is failed.
+    error = models.JSONField(null=True, blank=True)
+    # Structured data, never markup inside `content`: [{callId, toolName, toolArgs, result}], [{id, ...}].
+    tool_calls = models.JSONField(default=list, blank=True)
+    sources = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            models.Index(fields=["chat", "created_at"]),
+            models.Index(fields=["status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} message {self.id}"
+
+    @property
+    def usage(self) -> dict | None:
+        """Token usage as the API shows it: `{"promptTokens": int, "completionTokens": int}`, or None."""
+        if self.prompt_tokens is None and self.completion_tokens is None:
+            return None
+        return {"promptTokens": self.prompt_tokens or 0, "completionTokens": self.completion_tokens or 0}

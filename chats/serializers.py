@@ -1,0 +1,129 @@
+"""Request parsing and response shapes of the chats API (camelCase fields, as seed 004)."""
+
+import uuid
+
+from django.conf import settings
+from rest_framework import serializers
+
+from chats.models import Chat, Message, User
+from pipelines.access import usable_models, usable_workflows
+from pipelines.models import ModelConfig, Workflow
+
+
+class UserSerializer(serializers.ModelSerializer):
+    """The current user; `id` is the `userId` clients send."""
+
+    isStaff = serializers.BooleanField(source="is_staff", read_only=True)
+
+    class Meta:
+        model = User
+        fields = ["id", "username", "email", "isStaff"]
+        read_only_fields = fields
+
+
+class LoginSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=1024, trim_whitespace=False, style={"input_type": "password"})
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    """A model users can pick; `id` is the `modelId` to send."""
+
+    id = serializers.CharField(source="model_id")
+    name = serializers.CharField(source="display_name")
+    contextWindow = serializers.IntegerField(source="context_window")
+    defaultMaxTokens = serializers.IntegerField(source="default_max_tokens")
+
+    class Meta:
+        model = ModelConfig
+        fields = ["id", "name", "provider", "contextWindow", "defaultMaxTokens"]
+        read_only_fields = fields
+
+
+class _WorkflowField(serializers.PrimaryKeyRelatedField):
+    """A workflow id the requesting user may use (own or shared, active); unknown ones are 400."""
+
+    default_error_messages = {
+        "does_not_exist": "Workflow {pk_value} does not exist or is not available to you.",
+        "incorrect_type": "Workflow ids are UUIDs.",
+    }
+
+    def get_queryset(self):  # noqa: ANN201
+        return usable_workflows(self.context["request"].user)
+
+    def to_internal_value(self, data):  # noqa: ANN001, ANN201
+        # Check the UUID first: Django's UUIDField raises its own ValidationError, which DRF would not catch.
+        try:
+            uuid.UUID(str(data))
+        except ValueError:
+            self.fail("incorrect_type")
+        return super().to_internal_value(data)
+
+
+def validate_model_id(value: str) -> ModelConfig:
+    model = usable_models().filter(model_id=value).first()
+    if model is None:
+        raise serializers.ValidationError(f"Unknown model '{value}'. GET /api/models lists the models you may use.")
+    return model
+
+
+class ChatSerializer(serializers.ModelSerializer):
+    """A chat as the API shows it; `title`, `modelId` and `workflowId` are writable."""
+
+    modelId = serializers.CharField(source="model_id", required=False, allow_blank=True, max_length=100)
+    workflowId = _WorkflowField(source="workflow", required=False, allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+    updatedAt = serializers.DateTimeField(source="updated_at", read_only=True)
+
+    class Meta:
+        model = Chat
+        fields = ["id", "title", "modelId", "workflowId", "createdAt", "updatedAt"]
+        read_only_fields = ["id"]
+        extra_kwargs = {"title": {"required": False, "allow_blank": True}}
+
+    def validate_modelId(self, value: str) -> str:
+        if value:
+            validate_model_id(value)
+        return value
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    """A message with its status, usage, tool calls and sources."""
+
+    chatId = serializers.UUIDField(source="chat_id", read_only=True)
+    modelId = serializers.CharField(source="model_id", read_only=True)
+    workflowId = serializers.UUIDField(source="workflow_id", read_only=True)
+    parentId = serializers.UUIDField(source="parent_id", read_only=True)
+    finishReason = serializers.CharField(source="finish_reason", read_only=True)
+    usage = serializers.DictField(read_only=True, allow_null=True)
+    toolCalls = serializers.JSONField(source="tool_calls", read_only=True)
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+    completedAt = serializers.DateTimeField(source="completed_at", read_only=True)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id", "chatId", "role", "content", "status", "modelId", "workflowId", "parentId",
+            "finishReason", "usage", "error", "toolCalls", "sources", "createdAt", "completedAt",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class SendMessageSerializer(serializers.Serializer):
+    """The body of `POST /api/chats/<chatId>/messages/stream` (seed 004)."""
+
+    content = serializers.CharField(trim_whitespace=False, max_length=settings.CHATSITE_MAX_MESSAGE_CHARS)
+    modelId = serializers.CharField(max_length=100)
+    userId = serializers.CharField(max_length=100)
+    workflowId = _WorkflowField(required=False, allow_null=True)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The message is empty.")
+        return value
+
+    def validate_modelId(self, value: str) -> ModelConfig:
+        return validate_model_id(value)
+
+    def validated_workflow(self) -> Workflow | None:
+        return self.validated_data.get("workflowId")

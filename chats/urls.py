@@ -1,0 +1,19 @@
+"""Routes of the JSON API under /api/."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from chats import api
+
+urlpatterns = [
+    path("auth/csrf", api.CsrfView.as_view(), name="api-csrf"),
+    path("auth/login", api.LoginView.as_view(), name="api-login"),
+    path("auth/logout", api.LogoutView.as_view(), name="api-logout"),
+    path("auth/me", api.MeView.as_view(), name="api-me"),
+    path("models", api.ModelListView.as_view(), name="api-models"),
+    path("chats", api.ChatListView.as_view(), name="api-chats"),
+    path("chats/<str:chat_id>", api.ChatDetailView.as_view(), name="api-chat"),
+    path("chats/<str:chat_id>/messages", api.MessageListView.as_view(), name="api-messages"),
+    path("chats/<str:chat_id>/messages/stream", api.MessageStreamView.as_view(), name="api-message-stream"),
+    path("schema", SpectacularAPIView.as_view(), name="api-schema"),
+]

@@ -1,0 +1,5 @@
+"""chatsite: a self-hostable, multi-user LLM chat platform."""
+
+from chatsite.celery import app as celery_app
+
+__all__ = ["celery_app"]

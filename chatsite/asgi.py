@@ -1,0 +1,19 @@
+"""ASGI entry point, served by daphne: Django HTTP (the API and the SSE relay) and Channels WebSocket."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up first)
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        # No WebSocket consumers yet: the stream is SSE over HTTP. The router is here so they can be added.
+        "websocket": URLRouter([]),
+    }
+)

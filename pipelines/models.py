@@ -1,0 +1,92 @@
+"""Models users can pick, and the workflows that produce replies (DESIGN.md section 2)."""
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+
+
+class ModelConfig(models.Model):
+    """A model users can pick; `model_id` is its public id (the `modelId` of the API).
+
+    Secrets are never stored here: `api_key_env` names the environment variable that holds the key.
+    """
+
+    class Provider(models.TextChoices):
+        LLAMA_CPP = "llama_cpp", "Local GGUF model (llama.cpp)"
+        SCRIPTED = "scripted", "Scripted (deterministic tests)"
+
+    model_id = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", "Letters, digits and . _ : / - only.")],
+        help_text="Public id that clients send as modelId.",
+    )
+    display_name = models.CharField(max_length=200)
+    provider = models.CharField(max_length=32, choices=Provider.choices)
+    provider_model = models.CharField(
+        max_length=500,
+        blank=True,
+        default="",
+        help_text="The provider's own model name; for llama_cpp a GGUF path, empty for the embedded SmolLM2.",
+    )
+    base_url = models.URLField(blank=True, default="")
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name, such as OPENAI_API_KEY.")],
+        help_text="Name of the environment variable holding the API key (never the key itself).",
+    )
+    context_window = models.PositiveIntegerField(default=2048, help_text="Tokens the prompt and reply may use.")
+    default_temperature = models.FloatField(
+        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
+    )
+    default_max_tokens = models.PositiveIntegerField(default=512, help_text="Most tokens in one reply.")
+    options = models.JSONField(default=dict, blank=True, help_text="Provider-specific settings.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["display_name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.model_id})"
+
+
+class Workflow(models.Model):
+    """How a reply is produced: for now a system prompt and generation defaults; typed steps come later.
+
+    `owner` null means shared with every user (managed by staff in the admin).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="workflows"
+    )
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    system_prompt = models.TextField(blank=True, default="")
+    model = models.ForeignKey(
+        ModelConfig, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Model used when the send names none of its own.",
+    )
+    temperature = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
+    )
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_shared(self) -> bool:
+        return self.owner_id is None

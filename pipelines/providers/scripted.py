@@ -1,0 +1,53 @@
+"""A scripted provider for deterministic tests of chatsite's own logic (the only fake we allow).
+
+Its behaviour comes from `ModelConfig.options`:
+- `script` (list of str): the deltas to emit, in order (default: a short fixed sentence);
+- `delay` (seconds, float): pause before each delta (default 0);
+- `fail_after` (int): raise a `GenerationError` after emitting this many deltas;
+- `crash_after` (int): raise a plain `RuntimeError` (an unexpected bug) after this many deltas;
+- `finish_reason` (str): reported at the end (default `stop`).
+Usage counts one token per whitespace-separated word of the prompt, one per delta of the reply.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from pipelines.providers.base import ChatDelta, ChatMessage, GenerationError, Provider
+
+DEFAULT_SCRIPT = ["Hello", " from", " the", " scripted", " provider", "."]
+
+
+class ScriptedProvider(Provider):
+    """Emits `options["script"]` as deltas, with optional delays and failures."""
+
+    def stream_chat(
+        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> Iterator[ChatDelta]:
+        options = self.config.options or {}
+        script = list(options.get("script", DEFAULT_SCRIPT))
+        delay = float(options.get("delay", 0))
+        fail_after = options.get("fail_after")
+        crash_after = options.get("crash_after")
+        finish_reason = options.get("finish_reason", "stop")
+        if len(script) > max_tokens:
+            script, finish_reason = script[:max_tokens], "length"
+        prompt_tokens = sum(self.count_tokens(m["content"]) for m in messages)
+        for index, piece in enumerate(script):
+            if fail_after is not None and index == int(fail_after):
+                raise GenerationError("provider_error", "The scripted provider failed on purpose.", retryable=True)
+            if crash_after is not None and index == int(crash_after):
+                raise RuntimeError("scripted crash")
+            if delay:
+                time.sleep(delay)
+            yield ChatDelta(text=piece)
+        yield ChatDelta(finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=len(script))
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def create(config) -> ScriptedProvider:  # noqa: ANN001
+    """Provider factory (see `pipelines.providers.base.get_provider`)."""
+    return ScriptedProvider(config)

@@ -1,0 +1,114 @@
+"""Shared fixtures: the users (alice owns, bob is another user, an anonymous client), API clients that
+enforce CSRF as a browser would meet it, and models to chat with.
+
+Tests run against real PostgreSQL (DATABASE_URL) and real Redis (REDIS_URL); `make test` points both at
+databases of their own.
+"""
+
+import uuid
+
+import pytest
+from rest_framework.test import APIClient
+
+from chats.models import Chat, User
+from pipelines.models import ModelConfig, Workflow
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # Real hashing costs a third of a second per user; what these tests check does not depend on it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_streams(settings):
+    # Each test gets its own Redis Stream keys, so tests never read each other's events.
+    settings.CHATSITE_STREAM_KEY_PREFIX = f"test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+def alice(db) -> User:
+    return User.objects.create_user("alice", "alice@example.com", PASSWORD)
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return User.objects.create_user("bob", "bob@example.com", PASSWORD)
+
+
+def logged_in_client(user: User) -> APIClient:
+    """An API client with `user`'s session and the CSRF token sent on every request."""
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/api/auth/csrf")
+    client.credentials(HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    return client
+
+
+@pytest.fixture
+def anon(db) -> APIClient:
+    return APIClient(enforce_csrf_checks=True)
+
+
+@pytest.fixture
+def alice_client(alice) -> APIClient:
+    return logged_in_client(alice)
+
+
+@pytest.fixture
+def bob_client(bob) -> APIClient:
+    return logged_in_client(bob)
+
+
+@pytest.fixture
+def alice_chat(alice) -> Chat:
+    return Chat.objects.create(owner=alice, title="Alice's chat")
+
+
+@pytest.fixture
+def bob_chat(bob) -> Chat:
+    return Chat.objects.create(owner=bob, title="Bob's chat")
+
+
+@pytest.fixture
+def scripted_model(db) -> ModelConfig:
+    """A model backed by the scripted provider: deterministic deltas, for tests of our own logic."""
+    model, _ = ModelConfig.objects.update_or_create(
+        model_id="scripted",
+        defaults={
+            "display_name": "Scripted",
+            "provider": "scripted",
+            "context_window": 1000,
+            "default_max_tokens": 100,
+            "options": {"script": ["Hello", ",", " world", "!"]},
+        },
+    )
+    return model
+
+
+@pytest.fixture
+def smollm2(db) -> ModelConfig:
+    """The embedded SmolLM2 model (the data migration's row, recreated if a flush removed it)."""
+    model, _ = ModelConfig.objects.update_or_create(
+        model_id="smollm2-135m",
+        defaults={
+            "display_name": "SmolLM2 135M Instruct (local)",
+            "provider": "llama_cpp",
+            "provider_model": "",
+            "context_window": 8192,
+            "default_max_tokens": 512,
+        },
+    )
+    return model
+
+
+@pytest.fixture
+def bob_workflow(bob) -> Workflow:
+    return Workflow.objects.create(owner=bob, name="Bob's private workflow", system_prompt="Be terse.")
+
+
+@pytest.fixture
+def shared_workflow(db) -> Workflow:
+    return Workflow.objects.create(owner=None, name="Shared", system_prompt="You are a helpful assistant.")
