@@ -18,9 +18,7 @@ logger = logging.getLogger(__name__)
 TITLE_FROM_MESSAGE_CHARS = 80
 
 
-def do_create_chat(
-    owner: User, *, title: str = "", model_id: str = "", workflow: Workflow | None = None
-) -> Chat:
+def do_create_chat(owner: User, *, title: str = "", model_id: str = "", workflow: Workflow | None = None) -> Chat:
     """Create an empty chat for `owner`."""
     return Chat.objects.create(owner=owner, title=title, model_id=model_id, workflow=workflow)
 

@@ -24,7 +24,7 @@ class MessageInline(admin.TabularInline):
     def short_content(self, obj: Message) -> str:
         return obj.content[:120]
 
-    def has_add_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -41,20 +41,40 @@ class ChatAdmin(admin.ModelAdmin):
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     list_display = [
-        "id", "chat", "role", "status", "model_id", "finish_reason",
-        "prompt_tokens", "completion_tokens", "created_at",
-    ]  # fmt: skip
+        "id",
+        "chat",
+        "role",
+        "status",
+        "model_id",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "created_at",
+    ]
     list_filter = ["status", "role", "model_id", "finish_reason"]
     search_fields = ["id", "chat__id", "chat__title", "chat__owner__username"]
     list_select_related = ["chat"]
     date_hierarchy = "created_at"
     # What people wrote and what the model answered is a record: operators read it, never edit it.
     readonly_fields = [
-        "id", "chat", "role", "content", "model_id", "workflow", "parent", "finish_reason",
-        "prompt_tokens", "completion_tokens", "error", "tool_calls", "sources",
-        "created_at", "started_at", "completed_at",
-    ]  # fmt: skip
+        "id",
+        "chat",
+        "role",
+        "content",
+        "model_id",
+        "workflow",
+        "parent",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "error",
+        "tool_calls",
+        "sources",
+        "created_at",
+        "started_at",
+        "completed_at",
+    ]
     fields = ["status", *readonly_fields]
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False

@@ -91,7 +91,7 @@ class ModelListView(generics.ListAPIView):
 
     serializer_class = ModelSerializer
 
-    def get_queryset(self):  # noqa: ANN201
+    def get_queryset(self):
         return usable_models()
 
 
@@ -100,7 +100,7 @@ class ChatListView(generics.ListCreateAPIView):
 
     serializer_class = ChatSerializer
 
-    def get_queryset(self):  # noqa: ANN201
+    def get_queryset(self):
         return Chat.objects.filter(owner=self.request.user).order_by("-updated_at", "-created_at")
 
     def perform_create(self, serializer: ChatSerializer) -> None:
@@ -134,7 +134,7 @@ class MessageListView(generics.ListAPIView):
 
     serializer_class = MessageSerializer
 
-    def get_queryset(self):  # noqa: ANN201
+    def get_queryset(self):
         chat = access_chat(self.request.user, self.kwargs["chat_id"])
         return chat.messages.order_by("created_at")
 

@@ -32,7 +32,7 @@ def error_body(code: str, message: str, fields: dict | None = None) -> dict:
     return body
 
 
-def _flatten(detail) -> list[str]:  # noqa: ANN001
+def _flatten(detail) -> list[str]:
     if isinstance(detail, dict):
         return [m for v in detail.values() for m in _flatten(v)]
     if isinstance(detail, list):
@@ -85,7 +85,7 @@ class JSONFallbackNegotiation(DefaultContentNegotiation):
     it (as JSON) instead of becoming a 406.
     """
 
-    def select_renderer(self, request, renderers, format_suffix=None):  # noqa: ANN001, ANN201
+    def select_renderer(self, request, renderers, format_suffix=None):
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except exceptions.NotAcceptable:

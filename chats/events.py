@@ -93,9 +93,7 @@ def sync_redis() -> redis.Redis:
 
 
 # One asyncio client per event loop: redis.asyncio connections belong to the loop that opened them.
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
-    weakref.WeakKeyDictionary()
-)
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = weakref.WeakKeyDictionary()
 
 
 def async_redis() -> redis.asyncio.Redis:

@@ -68,9 +68,7 @@ class Message(models.Model):
     )
     # The message this one answers or follows: a reply's parent is its question, a question's parent is
     # the reply before it. Regenerate and edit make siblings; a prompt is the chain of parents.
-    parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
-    )
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     finish_reason = models.CharField(max_length=32, blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)

@@ -48,10 +48,10 @@ class _WorkflowField(serializers.PrimaryKeyRelatedField):
         "incorrect_type": "Workflow ids are UUIDs.",
     }
 
-    def get_queryset(self):  # noqa: ANN201
+    def get_queryset(self):
         return usable_workflows(self.context["request"].user)
 
-    def to_internal_value(self, data):  # noqa: ANN001, ANN201
+    def to_internal_value(self, data):
         # Check the UUID first: Django's UUIDField raises its own ValidationError, which DRF would not catch.
         try:
             uuid.UUID(str(data))
@@ -103,9 +103,22 @@ class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message
         fields = [
-            "id", "chatId", "role", "content", "status", "modelId", "workflowId", "parentId",
-            "finishReason", "usage", "error", "toolCalls", "sources", "createdAt", "completedAt",
-        ]  # fmt: skip
+            "id",
+            "chatId",
+            "role",
+            "content",
+            "status",
+            "modelId",
+            "workflowId",
+            "parentId",
+            "finishReason",
+            "usage",
+            "error",
+            "toolCalls",
+            "sources",
+            "createdAt",
+            "completedAt",
+        ]
         read_only_fields = fields
 
 

@@ -132,7 +132,7 @@ SPECTACULAR_SETTINGS = {
 # Redis: the Celery broker and the event bus (one Redis Stream per assistant message).
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL
 CELERY_TASK_DEFAULT_QUEUE = env.str("CHATSITE_CELERY_QUEUE", default="chatsite")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -40,9 +40,7 @@ class ModelConfig(models.Model):
         help_text="Name of the environment variable holding the API key (never the key itself).",
     )
     context_window = models.PositiveIntegerField(default=2048, help_text="Tokens the prompt and reply may use.")
-    default_temperature = models.FloatField(
-        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
-    )
+    default_temperature = models.FloatField(default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
     default_max_tokens = models.PositiveIntegerField(default=512, help_text="Most tokens in one reply.")
     options = models.JSONField(default=dict, blank=True, help_text="Provider-specific settings.")
     is_active = models.BooleanField(default=True)
@@ -70,12 +68,14 @@ class Workflow(models.Model):
     description = models.TextField(blank=True, default="")
     system_prompt = models.TextField(blank=True, default="")
     model = models.ForeignKey(
-        ModelConfig, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        ModelConfig,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="Model used when the send names none of its own.",
     )
-    temperature = models.FloatField(
-        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
-    )
+    temperature = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

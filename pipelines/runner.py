@@ -44,9 +44,7 @@ def branch_history(message: Message) -> list[Message]:
     """
     rows = {
         m.id: m
-        for m in Message.objects.filter(chat_id=message.chat_id).only(
-            "id", "parent_id", "role", "content", "status"
-        )
+        for m in Message.objects.filter(chat_id=message.chat_id).only("id", "parent_id", "role", "content", "status")
     }
     chain: list[Message] = []
     current = rows.get(message.parent_id)
@@ -152,9 +150,7 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None) -> str |
     try:
         plan = plan_reply(message)
         finish_reason, prompt_tokens, completion_tokens = "stop", 0, 0
-        for delta in plan.provider.stream_chat(
-            plan.messages, max_tokens=plan.max_tokens, temperature=plan.temperature
-        ):
+        for delta in plan.provider.stream_chat(plan.messages, max_tokens=plan.max_tokens, temperature=plan.temperature):
             if delta.text:
                 parts.append(delta.text)
                 publisher.publish(message_id, events.content_event(delta.text))
@@ -167,9 +163,7 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None) -> str |
     except GenerationError as exc:
         return _fail(publisher, message_id, "".join(parts), exc.code, exc.message, exc.retryable)
     except SoftTimeLimitExceeded:
-        return _fail(
-            publisher, message_id, "".join(parts), "timeout", "The reply took too long and was stopped.", True
-        )
+        return _fail(publisher, message_id, "".join(parts), "timeout", "The reply took too long and was stopped.", True)
     except Exception:
         logger.exception("reply %s failed", message_id)
         return _fail(

@@ -10,7 +10,7 @@ from django.utils import timezone
 from chats.models import Chat, Message
 
 
-def add_message(chat, role, content, offset_seconds, **fields):  # noqa: ANN001, ANN201
+def add_message(chat, role, content, offset_seconds, **fields):
     return Message.objects.create(
         chat=chat, role=role, content=content, created_at=timezone.now() + timedelta(seconds=offset_seconds), **fields
     )
@@ -88,9 +88,16 @@ def test_put_is_not_allowed(alice_client, alice_chat):
 def test_messages_are_listed_in_order_with_status_and_usage(alice_client, alice_chat):
     question = add_message(alice_chat, "user", "Hi?", 0)
     add_message(
-        alice_chat, "assistant", "Hello!", 1, parent=question, status="completed",
-        finish_reason="stop", prompt_tokens=12, completion_tokens=3,
-    )  # fmt: skip
+        alice_chat,
+        "assistant",
+        "Hello!",
+        1,
+        parent=question,
+        status="completed",
+        finish_reason="stop",
+        prompt_tokens=12,
+        completion_tokens=3,
+    )
     response = alice_client.get(f"/api/chats/{alice_chat.id}/messages")
     assert response.status_code == 200
     results = response.json()["results"]

@@ -18,12 +18,12 @@ from pipelines.providers.scripted import ScriptedProvider
 from pipelines.runner import branch_history, build_prompt, run_reply
 
 
-def stream_events(message_id) -> list[tuple[str, dict]]:  # noqa: ANN001
+def stream_events(message_id) -> list[tuple[str, dict]]:
     entries = sync_redis().xrange(stream_key(str(message_id)))
     return [(entry_id, json.loads(fields["data"])) for entry_id, fields in entries]
 
 
-def send(chat, model, content="Hi there", workflow=None) -> Message:  # noqa: ANN001
+def send(chat, model, content="Hi there", workflow=None) -> Message:
     _, reply = actions.do_send_message(chat.owner, chat, content=content, model=model, workflow=workflow)
     return reply
 
@@ -82,7 +82,11 @@ def test_a_provider_error_ends_in_one_error_event_and_keeps_the_partial_reply(al
     }
     reply.refresh_from_db()
     assert reply.status == "failed" and reply.content == "one two"
-    assert reply.error == {"code": "provider_error", "message": "The scripted provider failed on purpose.", "retryable": True}
+    assert reply.error == {
+        "code": "provider_error",
+        "message": "The scripted provider failed on purpose.",
+        "retryable": True,
+    }
 
 
 def test_an_unexpected_exception_is_an_internal_error_without_a_stack_trace(alice_chat, scripted_model):
@@ -164,7 +168,9 @@ def test_a_message_too_long_for_the_window_fails_clearly(scripted_model):
     assert error.value.code == "prompt_too_long"
 
 
-def test_send_writes_both_rows_and_enqueues_only_after_commit(alice_chat, scripted_model, django_capture_on_commit_callbacks):
+def test_send_writes_both_rows_and_enqueues_only_after_commit(
+    alice_chat, scripted_model, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         question, reply = actions.do_send_message(
             alice_chat.owner, alice_chat, content="Explain quantum computing", model=scripted_model, workflow=None

@@ -11,17 +11,17 @@ from chats.models import Chat, Message
 from tests.conftest import logged_in_client
 
 
-def url(chat_id) -> str:  # noqa: ANN001
+def url(chat_id) -> str:
     return f"/api/chats/{chat_id}/messages/stream"
 
 
-def body(user, **overrides) -> dict:  # noqa: ANN001
+def body(user, **overrides) -> dict:
     data = {"content": "Explain quantum computing", "modelId": "scripted", "userId": str(user.id)}
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not ...}
 
 
-def post(client, chat_id, data, **extra):  # noqa: ANN001, ANN201
+def post(client, chat_id, data, **extra):
     raw = data if isinstance(data, str) else json.dumps(data)
     return client.post(url(chat_id), raw, content_type="application/json", HTTP_ACCEPT="text/event-stream", **extra)
 
@@ -31,7 +31,7 @@ def _models(scripted_model):
     return scripted_model
 
 
-def assert_refused(response, status: int, code: str, chat: Chat | None = None) -> dict:  # noqa: ANN001
+def assert_refused(response, status: int, code: str, chat: Chat | None = None) -> dict:
     assert response.status_code == status, response.content
     assert response["Content-Type"] == "application/json"
     payload = response.json()
@@ -113,10 +113,18 @@ def test_a_json_value_that_is_not_an_object_is_400(alice_client, alice_chat):
         ({"workflowId": 42}, "workflowId"),
     ],
     ids=[
-        "content-missing", "content-empty", "content-blank", "content-null", "content-too-long",
-        "model-missing", "model-unknown", "user-id-missing", "workflow-unknown", "workflow-not-uuid",
+        "content-missing",
+        "content-empty",
+        "content-blank",
+        "content-null",
+        "content-too-long",
+        "model-missing",
+        "model-unknown",
+        "user-id-missing",
+        "workflow-unknown",
+        "workflow-not-uuid",
         "workflow-not-string",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_body_is_400_with_the_field_named(alice_client, alice, alice_chat, overrides, field):
     payload = assert_refused(post(alice_client, alice_chat.id, body(alice, **overrides)), 400, "invalid_request")

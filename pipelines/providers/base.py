@@ -61,9 +61,7 @@ class Provider(ABC):
         self.config = config
 
     @abstractmethod
-    def stream_chat(
-        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> Iterator[ChatDelta]:
+    def stream_chat(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> Iterator[ChatDelta]:
         """Generate a reply to `messages`, yielding deltas as the model produces them.
 
         Args:

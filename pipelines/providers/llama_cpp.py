@@ -11,6 +11,7 @@ The prompt is rendered with the chat template stored in the GGUF file (llama-cpp
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
 import os
 import threading
@@ -67,6 +68,9 @@ def load_model(path: Path, n_ctx: int) -> tuple[Any, threading.Lock]:
             except (ValueError, RuntimeError) as exc:
                 raise GenerationError("model_unavailable", f"The model file {path.name} could not be loaded.") from exc
             _models[key] = (llama, threading.Lock())
+            # Free it before interpreter shutdown: llama-cpp-python's own finaliser fails once module
+            # globals are gone, printing a traceback on every worker exit.
+            atexit.register(llama.close)
         return _models[key]
 
 
@@ -77,9 +81,7 @@ class LlamaCppProvider(Provider):
         path = Path(self.config.provider_model) if self.config.provider_model else embedded_model_path()
         return load_model(path, self.config.context_window)
 
-    def stream_chat(
-        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> Iterator[ChatDelta]:
+    def stream_chat(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> Iterator[ChatDelta]:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         llama, lock = self._model()
@@ -126,6 +128,6 @@ class LlamaCppProvider(Provider):
             return len(llama.tokenize(text.encode(), add_bos=False, special=False))
 
 
-def create(config) -> LlamaCppProvider:  # noqa: ANN001
+def create(config) -> LlamaCppProvider:
     """Provider factory (see `pipelines.providers.base.get_provider`)."""
     return LlamaCppProvider(config)

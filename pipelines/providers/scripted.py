@@ -22,9 +22,7 @@ DEFAULT_SCRIPT = ["Hello", " from", " the", " scripted", " provider", "."]
 class ScriptedProvider(Provider):
     """Emits `options["script"]` as deltas, with optional delays and failures."""
 
-    def stream_chat(
-        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> Iterator[ChatDelta]:
+    def stream_chat(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> Iterator[ChatDelta]:
         options = self.config.options or {}
         script = list(options.get("script", DEFAULT_SCRIPT))
         delay = float(options.get("delay", 0))
@@ -48,6 +46,6 @@ class ScriptedProvider(Provider):
         return len(text.split())
 
 
-def create(config) -> ScriptedProvider:  # noqa: ANN001
+def create(config) -> ScriptedProvider:
     """Provider factory (see `pipelines.providers.base.get_provider`)."""
     return ScriptedProvider(config)

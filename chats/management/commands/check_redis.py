@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand
 class Command(BaseCommand):
     help = "Check that Redis at REDIS_URL answers; say how to start one if not."
 
-    def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, **options) -> None:
         try:
             redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2).ping()
         except redis.RedisError as exc:

@@ -9,10 +9,10 @@ from django.core.management.base import BaseCommand
 class Command(BaseCommand):
     help = "Create a demo superuser when there are no users yet, and print its name and password."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--username", default="demo")
 
-    def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, **options) -> None:
         User = get_user_model()
         if User.objects.exists():
             return
