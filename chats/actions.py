@@ -4,12 +4,18 @@ Each reply is written a bounded number of times, never per token: created (`queu
 claimed (`streaming`), and finished (content, usage, finish reason and status in one UPDATE).
 """
 
+import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from rest_framework.exceptions import ValidationError
 
+from chats import events
+from chats.exceptions import IdempotencyKeyReused, ReplyFinished, ReplyInProgress
 from chats.models import Chat, Message, User
 from pipelines.models import ModelConfig, Workflow
 
@@ -36,7 +42,8 @@ def do_delete_chat(chat: Chat) -> None:
     chat.delete()
 
 
-def _enqueue_reply(message_id: str) -> None:
+def enqueue_reply(message_id: str) -> None:
+    """Send a reply to the Celery queue; if the broker is unreachable, end the reply as failed."""
     # Imported here: pipelines.tasks imports the runner, which imports these actions.
     from pipelines.tasks import generate_reply
 
@@ -54,20 +61,44 @@ def _enqueue_reply(message_id: str) -> None:
         )
 
 
+def _running_reply(chat: Chat) -> Message | None:
+    return chat.messages.filter(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)).first()
+
+
 def do_send_message(
-    user: User, chat: Chat, *, content: str, model: ModelConfig, workflow: Workflow | None
-) -> tuple[Message, Message]:
+    user: User,
+    chat: Chat,
+    *,
+    content: str,
+    model: ModelConfig,
+    workflow: Workflow | None,
+    idempotency_key: str = "",
+) -> tuple[Message, Message, bool]:
     """Save a user's message and a `queued` assistant reply in one transaction; enqueue its generation.
 
     The Celery task is sent only once the transaction has committed, so the worker always finds the rows
-    and no event is published for a row that might roll back.
+    and no event is published for a row that might roll back. A send that repeats an `idempotency_key`
+    already used on this chat returns that earlier reply and enqueues nothing.
 
     Returns:
-        `(user_message, assistant_message)`.
+        `(user_message, assistant_message, created)`; `created` is False for a repeated idempotency key.
+
+    Raises:
+        IdempotencyKeyReused: 409 when the key was used for a different message.
+        ReplyInProgress: 409 when the chat already has a reply queued or streaming.
     """
     with transaction.atomic():
-        # Lock the chat row so that two sends to one chat line up and each sees the other's messages.
+        # Lock the chat row so that sends to one chat line up: each sees the other's messages and keys.
         chat = Chat.objects.select_for_update().get(pk=chat.pk)
+        if idempotency_key:
+            earlier = chat.messages.filter(idempotency_key=idempotency_key).select_related("parent").first()
+            if earlier is not None:
+                if earlier.parent is None or earlier.parent.content != content:
+                    raise IdempotencyKeyReused()
+                return earlier.parent, earlier, False
+        running = _running_reply(chat)
+        if running is not None:
+            raise ReplyInProgress(running.id)
         previous = chat.messages.order_by("-created_at").first()
         now = timezone.now()
         question = Message.objects.create(
@@ -80,23 +111,53 @@ def do_send_message(
             parent=previous,
             created_at=now,
         )
-        reply = Message.objects.create(
-            chat=chat,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.QUEUED,
-            model_id=model.model_id,
-            workflow=workflow,
-            parent=question,
-            # One microsecond later, so that ordering by time never puts the reply before its question.
-            created_at=now + timedelta(microseconds=1),
-        )
+        reply = _create_reply(chat, question, model, workflow, now, idempotency_key)
         changes: dict[str, object] = {"model_id": model.model_id}
         if not chat.title:
             changes["title"] = " ".join(content.split())[:TITLE_FROM_MESSAGE_CHARS]
         do_update_chat(chat, **changes)
-        reply_id = str(reply.id)
-        transaction.on_commit(lambda: _enqueue_reply(reply_id))
-    return question, reply
+    return question, reply, True
+
+
+def _create_reply(
+    chat: Chat, question: Message, model: ModelConfig, workflow: Workflow | None, after, idempotency_key: str = ""
+) -> Message:
+    reply = Message.objects.create(
+        chat=chat,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.QUEUED,
+        model_id=model.model_id,
+        workflow=workflow,
+        parent=question,
+        idempotency_key=idempotency_key,
+        # One microsecond later, so that ordering by time never puts the reply before its question.
+        created_at=after + timedelta(microseconds=1),
+    )
+    reply_id = str(reply.id)
+    transaction.on_commit(lambda: enqueue_reply(reply_id))
+    return reply
+
+
+def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, workflow: Workflow | None) -> Message:
+    """Make a new reply to the question behind `message` (a question, or an earlier reply to it).
+
+    The new reply is a sibling of the earlier ones (same `parent`), so it sees only its own branch.
+
+    Raises:
+        ReplyInProgress: 409 when the chat already has a reply queued or streaming.
+        ValidationError: 400 when `message` answers no question.
+    """
+    question = message if message.role == Message.Role.USER else message.parent
+    if question is None or question.role != Message.Role.USER:
+        raise ValidationError({"messageId": ["This message answers no question, so there is nothing to regenerate."]})
+    with transaction.atomic():
+        chat = Chat.objects.select_for_update().get(pk=chat.pk)
+        running = _running_reply(chat)
+        if running is not None:
+            raise ReplyInProgress(running.id)
+        reply = _create_reply(chat, question, model, workflow, timezone.now())
+        do_update_chat(chat, model_id=model.model_id)
+    return reply
 
 
 def do_claim_reply(message_id: str) -> Message | None:
@@ -143,3 +204,110 @@ def do_finish_reply(
         completed_at=timezone.now(),
     )
     return bool(updated)
+
+
+def do_reclaim_reply(message_id: str, started_at: datetime) -> Message | None:
+    """Take over a `streaming` reply whose worker died, if nobody else did since `started_at`.
+
+    Returns the message, or None when another worker took it over (or it ended) first.
+    """
+    claimed = Message.objects.filter(id=message_id, status=Message.Status.STREAMING, started_at=started_at).update(
+        started_at=timezone.now()
+    )
+    if not claimed:
+        return None
+    return Message.objects.select_related("chat", "chat__owner", "workflow").get(id=message_id)
+
+
+def do_end_reply_from_stream(
+    message_id: str,
+    *,
+    status: str,
+    finish_reason: str = "",
+    error: dict | None = None,
+    from_statuses: tuple[str, ...] = (Message.Status.STREAMING,),
+) -> bool:
+    """End a reply from outside its worker (cancel, watchdog, recovery), keeping the text already streamed.
+
+    The saved content is what the reply's stream holds, which is what readers have seen. Publishes the
+    terminal event (after a `start`, if the stream has none yet) only if this call ended the reply.
+
+    Returns:
+        True if this call ended the reply.
+
+    Raises:
+        redis.RedisError: when Redis cannot be reached.
+    """
+    stream = events.snapshot(message_id)
+    if not do_finish_reply(
+        message_id, status=status, content=stream.text, finish_reason=finish_reason, error=error,
+        from_statuses=from_statuses,
+    ):  # fmt: skip
+        return False
+    message = Message.objects.get(id=message_id)
+    if not stream.started:
+        from pipelines.runner import start_event_for
+
+        events.publish_once(message_id, start_event_for(message))
+    if error is not None:
+        terminal = events.error_event(code=error["code"], message=error["message"], retryable=error["retryable"])
+    else:
+        terminal = events.end_event(
+            message_id=message_id,
+            finish_reason=finish_reason,
+            prompt_tokens=message.prompt_tokens or 0,
+            completion_tokens=message.completion_tokens or 0,
+        )
+    events.publish_once(message_id, terminal)
+    return True
+
+
+WORKER_LOST_ERROR = {
+    "code": "worker_lost",
+    "message": "The server generating this reply stopped before it finished. Regenerate it to try again.",
+    "retryable": True,
+}
+
+
+def do_end_lost_reply(message_id: str) -> bool:
+    """End a `streaming` reply whose worker died: `error` `worker_lost`, partial text kept."""
+    return do_end_reply_from_stream(message_id, status=Message.Status.FAILED, error=WORKER_LOST_ERROR)
+
+
+async def do_cancel_reply(message: Message) -> Message:
+    """Stop a reply and return it as saved: status `cancelled`, the text streamed so far, `end` published.
+
+    A queued reply is ended here. A streaming one is asked to stop (its worker checks between deltas and
+    saves and publishes the outcome); if its worker is gone or does not answer within
+    `CHATSITE_CANCEL_WAIT_SECONDS`, it is ended here from its stream. Cancelling a cancelled reply is
+    harmless and answers the same.
+
+    Raises:
+        ReplyFinished: 409 when the reply had already completed or failed.
+    """
+    message_id = str(message.id)
+    if message.role != Message.Role.ASSISTANT:
+        raise ValidationError({"messageId": ["Only assistant replies can be cancelled."]})
+    if message.status in Message.TERMINAL_STATUSES:
+        if message.status == Message.Status.CANCELLED:
+            return message
+        raise ReplyFinished(message.status)
+    await sync_to_async(events.request_cancel)(message_id)
+    cancelled = {"status": Message.Status.CANCELLED, "finish_reason": "cancelled"}
+    # Not picked up yet: it ends here (the worker's claim will then find nothing to do).
+    await sync_to_async(do_end_reply_from_stream)(message_id, **cancelled, from_statuses=(Message.Status.QUEUED,))
+    if await sync_to_async(events.heartbeat_alive)(message_id):
+        try:
+            async with asyncio.timeout(settings.CHATSITE_CANCEL_WAIT_SECONDS):
+                async for item in events.read_events(message_id, idle_seconds=0.5):
+                    if item is not None and item[1] in events.TERMINAL_TYPES:
+                        break
+        except TimeoutError:
+            logger.warning("reply %s did not stop within the cancel wait; ending it here", message_id)
+    await sync_to_async(do_end_reply_from_stream)(
+        message_id, **cancelled, from_statuses=(Message.Status.QUEUED, Message.Status.STREAMING)
+    )
+    message = await Message.objects.aget(id=message_id)
+    if message.status != Message.Status.CANCELLED:
+        raise ReplyFinished(message.status)
+    return message

@@ -1,21 +1,25 @@
 """The JSON API (DESIGN.md section 3): thin views that parse, check access, call one action, answer."""
 
+from adrf.views import APIView as AsyncAPIView
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
+from django.http import StreamingHttpResponse
 from django.middleware.csrf import get_token
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import ParseError, PermissionDenied
+from rest_framework.exceptions import ParseError, PermissionDenied, ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chats import actions
-from chats.access import access_chat
+from chats.access import access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
-from chats.models import Chat
+from chats.models import Chat, Message
 from chats.serializers import (
     ChatSerializer,
     LoginSerializer,
@@ -23,9 +27,12 @@ from chats.serializers import (
     ModelSerializer,
     SendMessageSerializer,
     UserSerializer,
+    WorkflowField,
+    validate_model_id,
 )
-from chats.streaming import event_stream_response
+from chats.streaming import LastEventIdError, reply_stream_response
 from pipelines.access import usable_models
+from pipelines.models import ModelConfig
 
 ERROR_SHAPE = inline_serializer(
     "Error",
@@ -139,27 +146,57 @@ class MessageListView(generics.ListAPIView):
         return chat.messages.order_by("created_at")
 
 
+SSE_RESPONSE = OpenApiResponse(
+    OpenApiTypes.STR,
+    description="Server-Sent Events (`id:` + `data: {json}`): start, content..., then end or error.",
+)
+
+
+def idempotency_key(request: Request) -> str:
+    """The request's `Idempotency-Key` header ('' when absent).
+
+    Raises:
+        ValidationError: 400 when it is longer than CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS.
+    """
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if len(key) > settings.CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS:
+        raise ValidationError(
+            {"Idempotency-Key": [f"At most {settings.CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS} characters."]}
+        )
+    return key
+
+
+def stream_reply(message: Message, last_id: str | None = None) -> StreamingHttpResponse:
+    """`reply_stream_response`, with a bad Last-Event-ID turned into a 400."""
+    try:
+        return reply_stream_response(message, last_id)
+    except LastEventIdError as exc:
+        raise ValidationError({"lastEventId": [str(exc)]}) from exc
+
+
 class MessageStreamView(APIView):
     """`POST /api/chats/<chatId>/messages/stream` (seed 004): send a message and stream the reply as SSE.
 
     Checks, in this order: 401 no session; 404 no such chat; 403 someone else's chat, or a `userId` that is
     not the caller; 400 bad body (malformed JSON, missing or empty `content`, `content` too long, unknown
-    `modelId`, unknown or inaccessible `workflowId`). Nothing is written unless every check passes.
+    `modelId`, unknown or inaccessible `workflowId`); 409 a reply already in progress in this chat (its id in
+    `messageId`). Nothing is written unless every check passes. With an `Idempotency-Key` header already
+    used on this chat, it streams the reply that key started, from the beginning, and enqueues nothing.
     """
 
     @extend_schema(
         request=SendMessageSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
         responses={
-            (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR, description="Server-Sent Events: start, content..., then end or error."
-            ),
+            (200, "text/event-stream"): SSE_RESPONSE,
             400: ERROR_SHAPE,
             401: ERROR_SHAPE,
             403: ERROR_SHAPE,
             404: ERROR_SHAPE,
+            409: ERROR_SHAPE,
         },
     )
-    def post(self, request: Request, chat_id: str) -> object:
+    def post(self, request: Request, chat_id: str) -> StreamingHttpResponse:
         chat = access_chat(request.user, chat_id)
         if not isinstance(request.data, dict):
             raise ParseError("The body must be a JSON object.")
@@ -168,11 +205,81 @@ class MessageStreamView(APIView):
             raise PermissionDenied("userId is not the logged-in user.")
         body = SendMessageSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
-        _, reply = actions.do_send_message(
+        _, reply, _ = actions.do_send_message(
             request.user,
             chat,
             content=body.validated_data["content"],
             model=body.validated_data["modelId"],
             workflow=body.validated_workflow(),
+            idempotency_key=idempotency_key(request),
         )
-        return event_stream_response(str(reply.id))
+        return stream_reply(reply)
+
+
+class MessageStreamResumeView(APIView):
+    """`GET /api/chats/<chatId>/messages/<messageId>/stream`: resume or watch a reply.
+
+    Replays every event after `Last-Event-ID` (header, or `lastEventId` query parameter; none: from the
+    start), then follows the reply live until its terminal event. A reply whose stream has expired is
+    answered from the database. 400 when the id is malformed or outside the stream.
+    """
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("lastEventId", str, OpenApiParameter.QUERY, required=False),
+            OpenApiParameter("Last-Event-ID", str, OpenApiParameter.HEADER, required=False),
+        ],
+        responses={(200, "text/event-stream"): SSE_RESPONSE, 400: ERROR_SHAPE, 401: ERROR_SHAPE, 403: ERROR_SHAPE},
+    )
+    def get(self, request: Request, chat_id: str, message_id: str) -> StreamingHttpResponse:
+        _, message = access_message(request.user, chat_id, message_id)
+        if message.role != Message.Role.ASSISTANT:
+            raise ValidationError({"messageId": ["Only assistant replies have an event stream."]})
+        last_id = request.headers.get("Last-Event-ID") or request.query_params.get("lastEventId") or None
+        return stream_reply(message, last_id)
+
+
+class CancelReplyView(AsyncAPIView):
+    """`POST /api/chats/<chatId>/messages/<messageId>/cancel`: stop a reply.
+
+    Answers once the reply is saved as `cancelled` (partial text kept) and its `end` event
+    (`finishReason: "cancelled"`) is published: 200 with the saved message. 409 when it already finished.
+    """
+
+    @extend_schema(request=None, responses={200: MessageSerializer, 409: ERROR_SHAPE, 403: ERROR_SHAPE})
+    async def post(self, request: Request, chat_id: str, message_id: str) -> Response:
+        _, message = await sync_to_async(access_message)(request.user, chat_id, message_id)
+        message = await actions.do_cancel_reply(message)
+        return Response(await sync_to_async(lambda: MessageSerializer(message).data)())
+
+
+class RegenerateSerializer(serializers.Serializer):
+    """Optional overrides for a regenerated reply (defaults: those of the reply or question given)."""
+
+    modelId = serializers.CharField(max_length=100, required=False)
+    workflowId = WorkflowField(required=False, allow_null=True)
+
+    def validate_modelId(self, value: str) -> ModelConfig:
+        return validate_model_id(value)
+
+
+class RegenerateView(APIView):
+    """`POST /api/chats/<chatId>/messages/<messageId>/regenerate`: a new reply to the same question.
+
+    `messageId` is a reply (or its question). The new reply is a sibling of the earlier ones, sees only its
+    own branch, and is streamed like a send. 409 when a reply is already in progress in the chat.
+    """
+
+    @extend_schema(request=RegenerateSerializer, responses={(200, "text/event-stream"): SSE_RESPONSE, 409: ERROR_SHAPE})
+    def post(self, request: Request, chat_id: str, message_id: str) -> StreamingHttpResponse:
+        chat, message = access_message(request.user, chat_id, message_id)
+        body = RegenerateSerializer(data=request.data, context={"request": request})
+        body.is_valid(raise_exception=True)
+        model = body.validated_data.get("modelId") or usable_models().filter(model_id=message.model_id).first()
+        if model is None:
+            raise ValidationError(
+                {"modelId": [f"The model '{message.model_id}' is no longer available; name another."]}
+            )
+        workflow = body.validated_data.get("workflowId", message.workflow)
+        reply = actions.do_regenerate_reply(chat, message, model=model, workflow=workflow)
+        return stream_reply(reply)

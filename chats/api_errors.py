@@ -71,6 +71,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         codes = exc.get_codes()
         code = codes if isinstance(codes, str) else exc.default_code
         body = error_body(_CODES.get(code, code), " ".join(_flatten(exc.detail)))
+        body.update(getattr(exc, "extra", {}))
 
     from rest_framework.views import set_rollback  # here: DRF's views import our auth, which imports us
 

@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
 from django.conf import settings
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+logger = logging.getLogger(__name__)
 
 START = "start"
 STEP = "step"
@@ -79,16 +87,48 @@ def stream_key(message_id: str) -> str:
     return f"{settings.CHATSITE_STREAM_KEY_PREFIX}{message_id}"
 
 
+def cancel_key(message_id: str) -> str:
+    """The Redis key whose presence asks the worker generating `message_id` to stop."""
+    return f"{settings.CHATSITE_STREAM_KEY_PREFIX}{message_id}:cancel"
+
+
+def heartbeat_key(message_id: str) -> str:
+    """The Redis key a worker keeps alive (with a TTL) while it generates `message_id`."""
+    return f"{settings.CHATSITE_STREAM_KEY_PREFIX}{message_id}:heartbeat"
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int]:
+    """`"<ms>-<seq>"` -> `(ms, seq)`, for comparing stream entry ids.
+
+    Raises:
+        ValueError: when `entry_id` is not of that form.
+    """
+    ms, sep, seq = entry_id.partition("-")
+    if not (sep and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"not a stream entry id: {entry_id!r}")
+    return int(ms), int(seq)
+
+
 _sync_client: redis.Redis | None = None
 _sync_lock = threading.Lock()
 
 
 def sync_redis() -> redis.Redis:
-    """The process-wide blocking Redis client (thread-safe connection pool), created on first use."""
+    """The process-wide blocking Redis client (thread-safe connection pool), created on first use.
+
+    Commands that fail to connect are retried with exponential backoff for about
+    `CHATSITE_REDIS_RETRY_SECONDS`, so a Redis restart delays the worker's writes instead of failing them.
+    """
     global _sync_client
     with _sync_lock:
         if _sync_client is None:
-            _sync_client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+            retries = max(1, int(settings.CHATSITE_REDIS_RETRY_SECONDS / 0.5))
+            _sync_client = redis.Redis.from_url(
+                settings.REDIS_URL,
+                decode_responses=True,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            )
         return _sync_client
 
 
@@ -109,34 +149,176 @@ def async_redis() -> redis.asyncio.Redis:
     return client
 
 
+class StreamClosed(Exception):
+    """Someone else ended this reply's stream (a cancel that could not wait, or the watchdog)."""
+
+
+class Published(NamedTuple):
+    """What `EventPublisher.publish` did: the new entry's id, and whether a cancel was requested."""
+
+    entry_id: str
+    cancel_requested: bool
+
+
 class EventPublisher:
     """Appends a reply's events to its Redis Stream (used by the worker).
 
+    Entry ids are chosen here (`<ms>-<seq>`, increasing) rather than by Redis, so that a write retried
+    after a lost answer cannot add the same event twice: Redis refuses an id that is not above the last.
+
     Args:
         client: a blocking redis-py client; the process-wide one by default.
-
-    Raises:
-        redis.RedisError: from `publish` when Redis cannot be reached.
     """
 
     def __init__(self, client: redis.Redis | None = None) -> None:
         self.client = client or sync_redis()
+        self._last: dict[str, tuple[int, int]] = {}
 
-    def publish(self, message_id: str, event: Event) -> str:
-        """Append one event and return its stream entry id (`<ms>-<seq>`).
+    def continue_after(self, message_id: str, entry_id: str | None) -> None:
+        """Make the next ids of `message_id` follow `entry_id` (when taking over another worker's reply)."""
+        if entry_id:
+            self._last[message_id] = max(self._last.get(message_id, (0, 0)), parse_entry_id(entry_id))
+
+    def _next_id(self, message_id: str) -> str:
+        now = time.time_ns() // 1_000_000
+        last_ms, last_seq = self._last.get(message_id, (0, 0))
+        next_id = (now, 0) if now > last_ms else (last_ms, last_seq + 1)
+        self._last[message_id] = next_id
+        return f"{next_id[0]}-{next_id[1]}"
+
+    def publish(self, message_id: str, event: Event) -> Published:
+        """Append one event; also report whether a cancel has been requested (same round trip).
 
         The terminal event and the key's expiry go in one MULTI/EXEC, so a stream never lingers forever
         and never expires before its end is in.
+
+        Raises:
+            StreamClosed: another process already ended the stream (its entries are past ours).
+            redis.RedisError: when Redis stays unreachable past the retry budget.
         """
         key = stream_key(message_id)
+        entry_id = self._next_id(message_id)
         fields = {"type": event["type"], "data": encode(event)}
-        if event["type"] not in TERMINAL_TYPES:
-            return self.client.xadd(key, fields, maxlen=settings.CHATSITE_STREAM_MAXLEN, approximate=True)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(key, fields, maxlen=settings.CHATSITE_STREAM_MAXLEN, approximate=True)
+        terminal = event["type"] in TERMINAL_TYPES
+        pipe = self.client.pipeline(transaction=terminal)
+        pipe.xadd(key, fields, id=entry_id, maxlen=settings.CHATSITE_STREAM_MAXLEN, approximate=True)
+        if terminal:
+            pipe.expire(key, settings.CHATSITE_STREAM_TTL_SECONDS)
+        pipe.exists(cancel_key(message_id))
+        results = pipe.execute(raise_on_error=False)
+        if isinstance(results[0], redis.ResponseError):
+            # Either our own earlier attempt landed (its answer was lost), or another writer is past us.
+            landed = self.client.xrange(key, entry_id, entry_id)
+            if not (landed and landed[0][1] == fields):
+                raise StreamClosed(f"the stream of {message_id} was ended elsewhere")
+        return Published(entry_id, bool(results[-1]))
+
+
+def publish_once(message_id: str, event: Event) -> str:
+    """Append an event with an id chosen by Redis (for one-off writers: cancel, watchdog, recovery).
+
+    Raises:
+        redis.RedisError: when Redis cannot be reached.
+    """
+    client = sync_redis()
+    key = stream_key(message_id)
+    pipe = client.pipeline(transaction=True)
+    pipe.xadd(key, {"type": event["type"], "data": encode(event)}, maxlen=settings.CHATSITE_STREAM_MAXLEN)
+    if event["type"] in TERMINAL_TYPES:
         pipe.expire(key, settings.CHATSITE_STREAM_TTL_SECONDS)
-        entry_id, _ = pipe.execute()
-        return entry_id
+    return pipe.execute()[0]
+
+
+@dataclass
+class StreamSnapshot:
+    """What a reply's stream holds now: entry types in order, the text of its `content` events, last id."""
+
+    types: list[str]
+    text: str
+    last_id: str | None
+
+    @property
+    def started(self) -> bool:
+        return START in self.types
+
+    @property
+    def has_content(self) -> bool:
+        return CONTENT in self.types
+
+    @property
+    def ended(self) -> bool:
+        return any(t in TERMINAL_TYPES for t in self.types)
+
+    @property
+    def last_ms(self) -> int | None:
+        """When the last event was written (ms since the epoch), from its entry id."""
+        return parse_entry_id(self.last_id)[0] if self.last_id else None
+
+
+def snapshot(message_id: str) -> StreamSnapshot:
+    """Read a reply's whole stream (at most CHATSITE_STREAM_MAXLEN entries)."""
+    entries = sync_redis().xrange(stream_key(message_id))
+    types = [fields["type"] for _, fields in entries]
+    text = "".join(json.loads(f["data"]).get("delta", "") for _, f in entries if f["type"] == CONTENT)
+    return StreamSnapshot(types, text, entries[-1][0] if entries else None)
+
+
+def request_cancel(message_id: str) -> None:
+    """Ask the worker generating `message_id` to stop at its next delta."""
+    sync_redis().set(cancel_key(message_id), "1", ex=settings.CHATSITE_STREAM_TTL_SECONDS)
+
+
+def cancel_requested(message_id: str) -> bool:
+    """Whether someone asked to stop `message_id`."""
+    return bool(sync_redis().exists(cancel_key(message_id)))
+
+
+def mark_requeued(message_id: str, seconds: float) -> bool:
+    """Note that `message_id` was sent to the queue again; False if that already happened in `seconds`."""
+    key = f"{settings.CHATSITE_STREAM_KEY_PREFIX}{message_id}:requeued"
+    return bool(sync_redis().set(key, "1", nx=True, px=int(seconds * 1000)))
+
+
+def heartbeat_alive(message_id: str) -> bool:
+    """Whether a live worker is generating `message_id` (its heartbeat key has not expired)."""
+    return bool(sync_redis().exists(heartbeat_key(message_id)))
+
+
+class Heartbeat:
+    """Keeps `heartbeat_key(message_id)` alive from a background thread while a reply is generated.
+
+    The key expires `3 * CHATSITE_HEARTBEAT_SECONDS` after the last beat, so a worker that dies (even by
+    SIGKILL) is noticed within that time. Use as a context manager.
+    """
+
+    def __init__(self, message_id: str) -> None:
+        self.key = heartbeat_key(message_id)
+        self.interval = settings.CHATSITE_HEARTBEAT_SECONDS
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{message_id}", daemon=True)
+
+    def _beat(self) -> None:
+        sync_redis().set(self.key, socket.gethostname(), px=int(self.interval * 3000))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat()
+            except redis.RedisError:
+                logger.warning("heartbeat %s could not reach Redis", self.key)
+
+    def __enter__(self) -> Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            sync_redis().delete(self.key)
+        except redis.RedisError:
+            logger.warning("could not clear heartbeat %s", self.key)
 
 
 async def read_events(

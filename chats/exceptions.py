@@ -16,3 +16,33 @@ class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conflict"
     default_detail = "The request conflicts with the current state."
+
+
+class ReplyInProgress(Conflict):
+    """409 `reply_in_progress`: the chat already has a reply queued or streaming; `messageId` names it."""
+
+    default_code = "reply_in_progress"
+
+    def __init__(self, message_id: object) -> None:
+        super().__init__(
+            f"This chat already has a reply in progress ({message_id}). Resume it with "
+            "GET .../messages/<messageId>/stream, or cancel it, before sending another message."
+        )
+        self.extra = {"messageId": str(message_id)}
+
+
+class ReplyFinished(Conflict):
+    """409 `reply_finished`: the reply already completed or failed, so it cannot be cancelled."""
+
+    default_code = "reply_finished"
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"This reply has already finished ({status}); there is nothing to stop.")
+        self.extra = {"status": status}
+
+
+class IdempotencyKeyReused(Conflict):
+    """409 `idempotency_key_reused`: the Idempotency-Key was already used for a different message."""
+
+    default_code = "idempotency_key_reused"
+    default_detail = "This Idempotency-Key was already used for a different message in this chat. Use a new key."

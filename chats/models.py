@@ -77,6 +77,8 @@ class Message(models.Model):
     # Structured data, never markup inside `content`: [{callId, toolName, toolArgs, result}], [{id, ...}].
     tool_calls = models.JSONField(default=list, blank=True)
     sources = models.JSONField(default=list, blank=True)
+    # The client's Idempotency-Key for the send that created this reply; unique within a chat.
+    idempotency_key = models.CharField(max_length=settings.CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS, blank=True, default="")
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -86,6 +88,13 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["chat", "created_at"]),
             models.Index(fields=["status"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chat", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="unique_idempotency_key_per_chat",
+            )
         ]
 
     def __str__(self) -> str:

@@ -40,7 +40,7 @@ class ModelSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class _WorkflowField(serializers.PrimaryKeyRelatedField):
+class WorkflowField(serializers.PrimaryKeyRelatedField):
     """A workflow id the requesting user may use (own or shared, active); unknown ones are 400."""
 
     default_error_messages = {
@@ -71,7 +71,7 @@ class ChatSerializer(serializers.ModelSerializer):
     """A chat as the API shows it; `title`, `modelId` and `workflowId` are writable."""
 
     modelId = serializers.CharField(source="model_id", required=False, allow_blank=True, max_length=100)
-    workflowId = _WorkflowField(source="workflow", required=False, allow_null=True)
+    workflowId = WorkflowField(source="workflow", required=False, allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
     updatedAt = serializers.DateTimeField(source="updated_at", read_only=True)
 
@@ -128,7 +128,7 @@ class SendMessageSerializer(serializers.Serializer):
     content = serializers.CharField(trim_whitespace=False, max_length=settings.CHATSITE_MAX_MESSAGE_CHARS)
     modelId = serializers.CharField(max_length=100)
     userId = serializers.CharField(max_length=100)
-    workflowId = _WorkflowField(required=False, allow_null=True)
+    workflowId = WorkflowField(required=False, allow_null=True)
 
     def validate_content(self, value: str) -> str:
         if not value.strip():

@@ -14,7 +14,8 @@ import redis
 from django.http import StreamingHttpResponse
 
 from chats import events
-from chats.events import read_events
+from chats.events import parse_entry_id, read_events
+from chats.models import Message
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                 failures = 0
                 if item is None:
                     yield PING
+                    if (terminal := await _saved_terminal(message_id)) is not None:
+                        # Ended in the database but not in the stream (its publisher lost Redis): end here.
+                        yield f"data: {events.encode(terminal)}\n\n".encode()
+                        return
                     continue
                 entry_id, event_type, data = item
                 last_id = entry_id
@@ -63,9 +68,91 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
             await asyncio.sleep(RECONNECT_BASE_DELAY * 2 ** (failures - 1))
 
 
+async def _saved_terminal(message_id: str) -> events.Event | None:
+    message = await Message.objects.filter(id=message_id).afirst()
+    if message is None or message.status not in Message.TERMINAL_STATUSES:
+        return None
+    return terminal_event_from_db(message)
+
+
+def terminal_event_from_db(message: Message) -> events.Event:
+    """The `end` or `error` event that matches a finished reply's saved row."""
+    if message.status == Message.Status.FAILED:
+        error = message.error or {}
+        return events.error_event(
+            code=error.get("code", "failed"),
+            message=error.get("message", "The reply failed."),
+            retryable=error.get("retryable", True),
+        )
+    return events.end_event(
+        message_id=str(message.id),
+        finish_reason=message.finish_reason or ("cancelled" if message.status == Message.Status.CANCELLED else "stop"),
+        prompt_tokens=message.prompt_tokens or 0,
+        completion_tokens=message.completion_tokens or 0,
+    )
+
+
+def replay_from_database(message: Message) -> list[tuple[str, events.Event]]:
+    """A finished reply as events, for when its Redis Stream has expired: `start`, the whole text as one
+    `content` event, and the terminal event, with the ids `0-1`, `0-2`, `0-3`."""
+    from pipelines.runner import start_event_for
+
+    replay = [("0-1", start_event_for(message))]
+    if message.content:
+        replay.append(("0-2", events.content_event(message.content)))
+    replay.append(("0-3", terminal_event_from_db(message)))
+    return replay
+
+
+class LastEventIdError(ValueError):
+    """The client's Last-Event-ID is malformed or outside the reply's stream."""
+
+
+def reply_stream_response(message: Message, last_id: str | None = None) -> StreamingHttpResponse:
+    """Stream a reply to a client from after `last_id` (None: from the start), live or from the database.
+
+    Raises:
+        LastEventIdError: `last_id` is not `<ms>-<seq>`, is ahead of the stream's last entry, or points into
+            a stream that has expired.
+    """
+    if last_id is not None:
+        try:
+            wanted = parse_entry_id(last_id)
+        except ValueError:
+            raise LastEventIdError(f"Last-Event-ID {last_id!r} is not a stream entry id (<ms>-<seq>).") from None
+    newest = events.sync_redis().xrevrange(events.stream_key(str(message.id)), count=1)
+    if newest:
+        if last_id is not None and wanted > parse_entry_id(newest[0][0]):
+            raise LastEventIdError(f"Last-Event-ID {last_id} is ahead of this reply's stream.")
+        return event_stream_response(str(message.id), last_id or "0-0")
+    if message.status not in Message.TERMINAL_STATUSES:
+        # Nothing published yet (or Redis lost the stream): follow it as it comes.
+        return event_stream_response(str(message.id), last_id or "0-0")
+    replay = replay_from_database(message)
+    if last_id is not None and wanted[0] != 0:
+        raise LastEventIdError(
+            f"Last-Event-ID {last_id} is from a live stream that has expired. Fetch the reply again without it."
+        )
+    chunks = [
+        format_sse(entry_id, events.encode(event))
+        for entry_id, event in replay
+        if last_id is None or parse_entry_id(entry_id) > wanted
+    ]
+    return _sse_response(_iterate(chunks))
+
+
+async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
 def event_stream_response(message_id: str, last_id: str = "0-0") -> StreamingHttpResponse:
     """A streaming response relaying the reply `message_id` as Server-Sent Events."""
-    response = StreamingHttpResponse(relay(message_id, last_id), content_type="text/event-stream")
+    return _sse_response(relay(message_id, last_id))
+
+
+def _sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # Tells nginx (and proxies that honour it) not to buffer the stream.
     response["X-Accel-Buffering"] = "no"

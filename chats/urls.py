@@ -15,5 +15,18 @@ urlpatterns = [
     path("chats/<str:chat_id>", api.ChatDetailView.as_view(), name="api-chat"),
     path("chats/<str:chat_id>/messages", api.MessageListView.as_view(), name="api-messages"),
     path("chats/<str:chat_id>/messages/stream", api.MessageStreamView.as_view(), name="api-message-stream"),
+    path(
+        "chats/<str:chat_id>/messages/<str:message_id>/stream",
+        api.MessageStreamResumeView.as_view(),
+        name="api-message-resume",
+    ),
+    path(
+        "chats/<str:chat_id>/messages/<str:message_id>/cancel", api.CancelReplyView.as_view(), name="api-message-cancel"
+    ),
+    path(
+        "chats/<str:chat_id>/messages/<str:message_id>/regenerate",
+        api.RegenerateView.as_view(),
+        name="api-message-regenerate",
+    ),
     path("schema", SpectacularAPIView.as_view(), name="api-schema"),
 ]

@@ -107,7 +107,6 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-FORMS_URLFIELD_ASSUME_HTTPS = True  # the Django 6.0 default, now
 
 LOGIN_URL = "/admin/login/"
 
@@ -173,3 +172,19 @@ LOGGING = {
 }
 
 CSRF_FAILURE_VIEW = "chats.api_errors.csrf_failure"
+
+# Reply lifecycle: heartbeats, the watchdog, cancel, Redis outages.
+CHATSITE_HEARTBEAT_SECONDS = env.float("CHATSITE_HEARTBEAT_SECONDS", default=2.0)  # a worker's beat interval
+# A reply whose worker has not beaten and whose stream has been silent this long is ended as worker_lost.
+CHATSITE_WORKER_LOST_SECONDS = env.float("CHATSITE_WORKER_LOST_SECONDS", default=20.0)
+CHATSITE_WATCHDOG_SECONDS = env.float("CHATSITE_WATCHDOG_SECONDS", default=5.0)  # how often the watchdog runs
+# A reply still queued after this long is sent to the queue again (a Redis restart can lose the queue).
+CHATSITE_REQUEUE_SECONDS = env.float("CHATSITE_REQUEUE_SECONDS", default=60.0)
+CHATSITE_CANCEL_WAIT_SECONDS = env.float("CHATSITE_CANCEL_WAIT_SECONDS", default=5.0)
+CHATSITE_REDIS_RETRY_SECONDS = env.float("CHATSITE_REDIS_RETRY_SECONDS", default=30.0)
+CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+CELERY_BEAT_SCHEDULE = {
+    "end-lost-replies": {"task": "pipelines.watchdog", "schedule": CHATSITE_WATCHDOG_SECONDS},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

@@ -1,6 +1,7 @@
 """The operators' console for models and workflows."""
 
 from django.contrib import admin
+from django.db import models
 
 from pipelines.models import ModelConfig, Workflow
 
@@ -11,6 +12,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
     list_filter = ["provider", "is_active"]
     search_fields = ["model_id", "display_name", "provider_model"]
     list_editable = ["is_active"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(Workflow)

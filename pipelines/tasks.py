@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from pipelines.runner import run_reply
+from pipelines.runner import end_lost_replies, run_reply
 
 
 @shared_task(name="pipelines.generate_reply")
@@ -14,3 +14,10 @@ def generate_reply(message_id: str) -> str | None:
     Returns the reply's final status, or None if there was nothing to do.
     """
     return run_reply(message_id)
+
+
+@shared_task(name="pipelines.watchdog", ignore_result=True)
+def watchdog() -> int:
+    """Periodic (Celery beat, every CHATSITE_WATCHDOG_SECONDS): end replies whose worker vanished and
+    requeue replies lost from the queue. Returns how many replies it ended."""
+    return end_lost_replies()

@@ -5,7 +5,8 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from chats import actions
@@ -24,7 +25,7 @@ def stream_events(message_id) -> list[tuple[str, dict]]:
 
 
 def send(chat, model, content="Hi there", workflow=None) -> Message:
-    _, reply = actions.do_send_message(chat.owner, chat, content=content, model=model, workflow=workflow)
+    _, reply, _ = actions.do_send_message(chat.owner, chat, content=content, model=model, workflow=workflow)
     return reply
 
 
@@ -172,10 +173,10 @@ def test_send_writes_both_rows_and_enqueues_only_after_commit(
     alice_chat, scripted_model, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        question, reply = actions.do_send_message(
+        question, reply, created = actions.do_send_message(
             alice_chat.owner, alice_chat, content="Explain quantum computing", model=scripted_model, workflow=None
         )
-    assert len(callbacks) == 1
+    assert len(callbacks) == 1 and created
     assert reply.parent_id == question.id and reply.status == "queued" and question.status == "completed"
     assert list(alice_chat.messages.order_by("created_at")) == [question, reply]
     alice_chat.refresh_from_db()
@@ -196,6 +197,9 @@ def collect(message_id: str, last_id: str = "0-0", limit: int = 50) -> list[byte
             chunks.append(chunk)
             if len(chunks) >= limit:
                 break
+        # The relay's database checks ran on asgiref's worker thread: close that connection, or it would
+        # keep the test database open.
+        await sync_to_async(connections.close_all)()
         return chunks
 
     return asyncio.run(run())
