@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -298,7 +299,8 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{message_id}", daemon=True)
 
     def _beat(self) -> None:
-        sync_redis().set(self.key, socket.gethostname(), px=int(self.interval * 3000))
+        # The value says who generates the reply (`host:pid`), for operators and tests.
+        sync_redis().set(self.key, f"{socket.gethostname()}:{os.getpid()}", px=int(self.interval * 3000))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -20,6 +20,8 @@ from chats.models import Message
 logger = logging.getLogger(__name__)
 
 PING = b": ping\n\n"
+# Sent first, so that the status line and headers leave at once even when the reply waits in the queue.
+CONNECTED = b": connected\n\n"
 # How often and how long the relay tries to get Redis back before it gives up on a stream.
 RECONNECT_ATTEMPTS = 5
 RECONNECT_BASE_DELAY = 0.5  # seconds, doubled on each attempt
@@ -33,10 +35,11 @@ def format_sse(entry_id: str, data: str) -> bytes:
 async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
     """Yield a reply's events as SSE bytes from after `last_id` until its terminal event.
 
-    Sends `: ping` whenever `CHATSITE_SSE_PING_SECONDS` pass with no event. If Redis goes away, it reconnects
+    Starts with a `: connected` comment. Sends `: ping` whenever `CHATSITE_SSE_PING_SECONDS` pass with no event. If Redis goes away, it reconnects
     and carries on from the last event it relayed; after `RECONNECT_ATTEMPTS` failures it sends an `error`
     event (`stream_unavailable`, retryable, no `id:`) and ends, so the client can resume later.
     """
+    yield CONNECTED
     failures = 0
     while True:
         try:

@@ -8,6 +8,7 @@ databases of their own.
 import uuid
 
 import pytest
+from django.conf import settings as settings_module
 from rest_framework.test import APIClient
 
 from chats.models import Chat, User
@@ -112,3 +113,43 @@ def bob_workflow(bob) -> Workflow:
 @pytest.fixture
 def shared_workflow(db) -> Workflow:
     return Workflow.objects.create(owner=None, name="Shared", system_prompt="You are a helpful assistant.")
+
+
+# --- End-to-end: a live stack (tests/live.py) on the test database -------------------------------------
+
+E2E_PASSWORD = "e2e password 1234"
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker):
+    """daphne, a Celery worker and beat on the test database; stopped when the session ends."""
+    from django.db import connection
+
+    from tests.live import start_stack
+
+    db = connection.settings_dict
+    database_url = f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    stack = start_stack(database_url, settings_module.REDIS_URL)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def carol(transactional_db) -> User:
+    """A user the live servers can log in: hashed with Django's default hasher, not the tests' fast one."""
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    user = User(username=f"carol-{uuid.uuid4().hex[:8]}")
+    user.password = PBKDF2PasswordHasher().encode(E2E_PASSWORD, PBKDF2PasswordHasher().salt())
+    user.save()
+    return user
+
+
+@pytest.fixture
+def session(live_stack, carol):
+    """An HTTP client logged in as carol over the real API, and its CSRF token."""
+    from tests.live import login
+
+    client, token = login(live_stack.base_url, carol.username, E2E_PASSWORD)
+    yield client, token
+    client.close()

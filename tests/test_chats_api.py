@@ -116,24 +116,35 @@ ENDPOINTS = [
     ("delete", "/api/chats/{id}", None),
     ("get", "/api/chats/{id}/messages", None),
     ("post", "/api/chats/{id}/messages/stream", {"content": "hi", "modelId": "scripted", "userId": "x"}),
+    ("get", "/api/chats/{id}/messages/{mid}/stream", None),
+    ("post", "/api/chats/{id}/messages/{mid}/cancel", None),
+    ("post", "/api/chats/{id}/messages/{mid}/regenerate", {}),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "data"), ENDPOINTS)
 def test_another_user_is_403_and_changes_nothing(bob_client, alice_chat, method, path, data):
-    add_message(alice_chat, "user", "secret question", 0)
-    response = getattr(bob_client, method)(path.format(id=alice_chat.id), data, format="json")
+    question = add_message(alice_chat, "user", "secret question", 0)
+    response = getattr(bob_client, method)(path.format(id=alice_chat.id, mid=question.id), data, format="json")
     assert response.status_code == 403
     assert response.json()["error"] == "forbidden"
     assert "secret" not in response.content.decode()
     alice_chat.refresh_from_db()
     assert alice_chat.title == "Alice's chat"
     assert alice_chat.messages.count() == 1
+    assert question.status == Message.objects.get(id=question.id).status
+
+
+@pytest.mark.parametrize(("method", "path", "data"), [e for e in ENDPOINTS if "{mid}" in e[1]])
+def test_a_message_of_another_chat_is_404(alice_client, alice, alice_chat, method, path, data):
+    elsewhere = add_message(Chat.objects.create(owner=alice), "user", "elsewhere", 0)
+    response = getattr(alice_client, method)(path.format(id=alice_chat.id, mid=elsewhere.id), data, format="json")
+    assert response.status_code == 404
 
 
 @pytest.mark.parametrize(("method", "path", "data"), ENDPOINTS)
 def test_anonymous_is_401(anon, alice_chat, method, path, data):
-    response = getattr(anon, method)(path.format(id=alice_chat.id), data, format="json")
+    response = getattr(anon, method)(path.format(id=alice_chat.id, mid=uuid.uuid4()), data, format="json")
     assert response.status_code == 401
     assert response.json()["error"] == "not_authenticated"
     assert Chat.objects.filter(id=alice_chat.id, title="Alice's chat").exists()
@@ -142,7 +153,7 @@ def test_anonymous_is_401(anon, alice_chat, method, path, data):
 @pytest.mark.parametrize(("method", "path", "data"), ENDPOINTS)
 @pytest.mark.parametrize("chat_id", [uuid.uuid4(), "not-a-uuid"])
 def test_unknown_chat_is_404(alice_client, method, path, data, chat_id):
-    response = getattr(alice_client, method)(path.format(id=chat_id), data, format="json")
+    response = getattr(alice_client, method)(path.format(id=chat_id, mid=uuid.uuid4()), data, format="json")
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
 

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from chats import actions
 from chats.events import EventPublisher, stream_key, sync_redis
 from chats.models import Message
-from chats.streaming import relay
+from chats.streaming import CONNECTED, relay
 from pipelines.models import Workflow
 from pipelines.providers.base import GenerationError
 from pipelines.providers.scripted import ScriptedProvider
@@ -194,6 +194,8 @@ def collect(message_id: str, last_id: str = "0-0", limit: int = 50) -> list[byte
     async def run() -> list[bytes]:
         chunks = []
         async for chunk in relay(message_id, last_id):
+            if chunk == CONNECTED:
+                continue
             chunks.append(chunk)
             if len(chunks) >= limit:
                 break
@@ -240,3 +242,15 @@ def test_events_published_before_the_reader_attached_are_not_lost(alice_chat, sc
     run_reply(str(reply.id), publisher)  # everything is published first
     text = b"".join(collect(str(reply.id))).decode()
     assert text.count("data: ") == 6 and '"type":"start"' in text and '"type":"end"' in text
+
+
+def test_the_relay_sends_a_comment_first_so_headers_leave_before_the_first_event(settings, alice_chat, scripted_model):
+    settings.CHATSITE_SSE_PING_SECONDS = 0.05
+    reply = send(alice_chat, scripted_model)  # queued: no event will come
+
+    async def first_chunk() -> bytes:
+        async for chunk in relay(str(reply.id)):
+            return chunk
+        return b""
+
+    assert asyncio.run(first_chunk()) == CONNECTED

@@ -3,6 +3,7 @@
 Its behaviour comes from `ModelConfig.options`:
 - `script` (list of str): the deltas to emit, in order (default: a short fixed sentence);
 - `delay` (seconds, float): pause before each delta (default 0);
+- `first_delay` (seconds, float): an extra pause before the first delta, as a model reading a long prompt;
 - `fail_after` (int): raise a `GenerationError` after emitting this many deltas;
 - `crash_after` (int): raise a plain `RuntimeError` (an unexpected bug) after this many deltas;
 - `finish_reason` (str): reported at the end (default `stop`).
@@ -26,12 +27,15 @@ class ScriptedProvider(Provider):
         options = self.config.options or {}
         script = list(options.get("script", DEFAULT_SCRIPT))
         delay = float(options.get("delay", 0))
+        first_delay = float(options.get("first_delay", 0))
         fail_after = options.get("fail_after")
         crash_after = options.get("crash_after")
         finish_reason = options.get("finish_reason", "stop")
         if len(script) > max_tokens:
             script, finish_reason = script[:max_tokens], "length"
         prompt_tokens = sum(self.count_tokens(m["content"]) for m in messages)
+        if first_delay:
+            time.sleep(first_delay)
         for index, piece in enumerate(script):
             if fail_after is not None and index == int(fail_after):
                 raise GenerationError("provider_error", "The scripted provider failed on purpose.", retryable=True)

@@ -1,0 +1,234 @@
+"""A live chatsite for end-to-end tests: daphne, a Celery worker and Celery beat as subprocesses on the test
+database and Redis, plus HTTP helpers that log in and read SSE streams the way a client does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from httpx_sse import connect_sse
+
+BASE_DIR = Path(settings.BASE_DIR)
+
+# Short lifecycle timings, so that tests of dead workers and the watchdog take seconds, not minutes.
+LIFECYCLE_ENV = {
+    "CHATSITE_HEARTBEAT_SECONDS": "0.5",
+    "CHATSITE_WORKER_LOST_SECONDS": "3",
+    "CHATSITE_WATCHDOG_SECONDS": "1",
+    "CHATSITE_REQUEUE_SECONDS": "5",
+    "CHATSITE_CANCEL_WAIT_SECONDS": "3",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    """The running processes, their logs, and what the tests need to reach them."""
+
+    base_url: str
+    redis_url: str
+    key_prefix: str
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+
+    def start(self, name: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("a")
+        self.processes[name] = subprocess.Popen(
+            self.commands[name],
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"--- {name} ---\n{self.log(name)[-4000:]}" for name in self.commands)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def heartbeat_pid(self, message_id: str) -> int | None:
+        """The pid of the worker process generating `message_id` (from its heartbeat), if any."""
+        value = self.redis().get(f"{self.key_prefix}{message_id}:heartbeat")
+        return int(value.rsplit(":", 1)[1]) if value else None
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    pytest.fail(f"{name} exited with {process.returncode} while waiting for {what}\n{self.dump_logs()}")
+            if predicate():
+                return
+            time.sleep(0.05)
+        pytest.fail(f"timed out waiting for {what}\n{self.dump_logs()}")
+
+    def wait_worker_ready(self, since: int = 0) -> None:
+        self.wait_for(lambda: "ready." in self.log("worker")[since:], 60, "the Celery worker")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def start_stack(database_url: str, redis_url: str, *, extra_env: dict[str, str] | None = None) -> Stack:
+    """Start daphne, one prefork worker process and beat on a queue and key prefix of their own."""
+    port = free_port()
+    log_dir = Path(tempfile.mkdtemp(prefix="chatsite-live-"))
+    prefix = f"live:{uuid.uuid4().hex[:8]}:"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CHATSITE_CELERY_QUEUE": f"live-{uuid.uuid4().hex}",
+        "CHATSITE_STREAM_KEY_PREFIX": prefix,
+        "PYTHONUNBUFFERED": "1",
+        **LIFECYCLE_ENV,
+        **(extra_env or {}),
+    }
+    stack = Stack(f"http://127.0.0.1:{port}", redis_url, prefix, env, log_dir)
+    celery = [sys.executable, "-m", "celery", "-A", "chatsite"]
+    stack.commands = {
+        "web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+        "worker": [*celery, "worker", "--concurrency=1", "--without-mingle", "--without-gossip", "--loglevel=INFO"],
+        "beat": [*celery, "beat", "--loglevel=INFO", "-s", str(log_dir / "beat-schedule")],
+    }
+    for name in stack.commands:
+        stack.start(name)
+
+    def web_up() -> bool:
+        try:
+            return httpx.get(f"{stack.base_url}/api/auth/csrf", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    stack.wait_for(web_up, 30, "daphne to answer")
+    stack.wait_worker_ready()
+    return stack
+
+
+def worker_child_pid(stack: Stack) -> int:
+    """The pid of the worker's pool process (the prefork child that runs tasks)."""
+    parent = stack.processes["worker"].pid
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert children, "the worker has no pool process"
+    return int(children[0])
+
+
+def login(base_url: str, username: str, password: str) -> tuple[httpx.Client, str]:
+    """A new HTTP client logged in over the real API, and its CSRF token."""
+    client = httpx.Client(base_url=base_url, timeout=30)
+    token = client.get("/api/auth/csrf").json()["csrfToken"]
+    response = client.post(
+        "/api/auth/login", json={"username": username, "password": password}, headers={"X-CSRFToken": token}
+    )
+    assert response.status_code == 200, response.text
+    return client, response.json()["csrfToken"]
+
+
+@dataclass
+class Received:
+    """What a client read from one SSE response."""
+
+    status: int = 0
+    events: list[dict] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.time() at each event's arrival
+    headers: httpx.Headers = field(default_factory=httpx.Headers)
+    body: bytes = b""
+
+    @property
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    @property
+    def text(self) -> str:
+        return "".join(e["delta"] for e in self.events if e["type"] == "content")
+
+
+def read_sse(
+    client: httpx.Client,
+    method: str,
+    path: str,
+    *,
+    token: str = "",
+    json: dict | None = None,
+    headers: dict | None = None,
+    stop_after: int | None = None,
+    until: Callable[[Received], bool] | None = None,
+) -> Received:
+    """Make a request and read its SSE events until the server closes, or `stop_after` events, or `until`."""
+    received = Received()
+    all_headers = {"X-CSRFToken": token, **(headers or {})}
+    with connect_sse(
+        client, method, path, json=json, headers=all_headers, timeout=httpx.Timeout(30, read=120)
+    ) as source:
+        received.status = source.response.status_code
+        received.headers = source.response.headers
+        if received.status != 200:
+            received.body = source.response.read()
+            return received
+        for sse in source.iter_sse():
+            received.events.append(sse.json())
+            received.ids.append(sse.id)
+            received.arrived.append(time.time())
+            if stop_after is not None and len(received.events) >= stop_after:
+                break
+            if until is not None and until(received):
+                break
+    return received
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
+
+
+def new_chat(client: httpx.Client, token: str) -> str:
+    """Create a chat over the API and return its id."""
+    response = client.post("/api/chats", json={}, headers={"X-CSRFToken": token})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def send(client: httpx.Client, token: str, chat_id: str, user, content: str = "Hi!", model: str = "scripted", **kwargs):
+    """POST a message to the stream endpoint and read the reply's events (see `read_sse` for kwargs)."""
+    body = {"content": content, "modelId": model, "userId": str(user.id)}
+    return read_sse(client, "POST", f"/api/chats/{chat_id}/messages/stream", token=token, json=body, **kwargs)
+
+
+def resume(client: httpx.Client, chat_id: str, message_id: str, last_id: str | None = None, **kwargs) -> Received:
+    """GET a reply's stream, after `last_id` (sent as the Last-Event-ID header) when given."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    return read_sse(client, "GET", f"/api/chats/{chat_id}/messages/{message_id}/stream", headers=headers, **kwargs)

@@ -1,0 +1,297 @@
+"""Streams that survive, on the live stack: resume, watch from another tab, stop, idempotent send, one reply
+per chat, regenerate, and replies whose worker dies before or after content went out."""
+
+import json
+import os
+import signal
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from chats.models import Chat, Message
+from tests.conftest import E2E_PASSWORD
+from tests.live import entry_key, login, new_chat, read_sse, resume, send
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def slow(model, count: int = 20, delay: float = 0.05, **options) -> list[str]:
+    script = [f" w{i}" for i in range(count)]
+    model.options = {"script": script, "delay": delay, **options}
+    model.save()
+    return script
+
+
+def wait_until(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def assert_exactly_once_in_order(ids: list[str]) -> None:
+    keys = [entry_key(i) for i in ids]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys), ids
+
+
+def test_resume_after_a_disconnect_sees_every_event_once_in_order(session, carol, scripted_model):
+    script = slow(scripted_model)
+    client, token = session
+    chat_id = new_chat(client, token)
+    first = send(client, token, chat_id, carol, stop_after=4)
+    message_id = first.events[0]["messageId"]
+    rest = resume(client, chat_id, message_id, first.ids[-1])
+    assert rest.status == 200
+    assert_exactly_once_in_order(first.ids + rest.ids)
+    assert (first.types + rest.types).count("start") == 1 and rest.types[-1] == "end"
+    assert first.text + rest.text == "".join(script) == Message.objects.get(id=message_id).content
+
+
+def test_resume_with_the_last_event_id_query_parameter(session, carol, scripted_model):
+    slow(scripted_model, count=10)
+    client, token = session
+    chat_id = new_chat(client, token)
+    first = send(client, token, chat_id, carol, stop_after=3)
+    message_id = first.events[0]["messageId"]
+    rest = read_sse(client, "GET", f"/api/chats/{chat_id}/messages/{message_id}/stream?lastEventId={first.ids[-1]}")
+    assert_exactly_once_in_order(first.ids + rest.ids)
+    assert first.text + rest.text == Message.objects.get(id=message_id).content
+
+
+def test_another_tab_attaches_to_a_running_reply_and_sees_the_same_events(live_stack, session, carol, scripted_model):
+    slow(scripted_model, count=20, delay=0.05)
+    client, token = session
+    chat_id = new_chat(client, token)
+    started = send(client, token, chat_id, carol, stop_after=1)
+    message_id = started.events[0]["messageId"]
+    other_tab, _ = login(live_stack.base_url, carol.username, E2E_PASSWORD)
+    watched = resume(other_tab, chat_id, message_id)
+    assert Message.objects.get(id=message_id).completed_at is not None
+    replayed = resume(client, chat_id, message_id)
+    assert watched.ids == replayed.ids and watched.events == replayed.events
+    assert watched.ids[0] == started.ids[0] and watched.types[-1] == "end"
+    other_tab.close()
+
+
+def test_an_expired_stream_is_answered_from_the_database(live_stack, session, carol, scripted_model):
+    client, token = session
+    chat_id = new_chat(client, token)
+    done = send(client, token, chat_id, carol)
+    message_id = done.events[0]["messageId"]
+    live_stack.redis().delete(f"{live_stack.key_prefix}{message_id}")
+
+    replay = resume(client, chat_id, message_id)
+    assert replay.ids == ["0-1", "0-2", "0-3"]
+    assert replay.types == ["start", "content", "end"]
+    assert replay.events[1]["delta"] == "Hello, world!" and replay.events[2] == done.events[-1]
+    assert resume(client, chat_id, message_id, "0-1").ids == ["0-2", "0-3"]
+    expired = resume(client, chat_id, message_id, done.ids[2])
+    assert expired.status == 400 and "expired" in json.loads(expired.body)["fields"]["lastEventId"][0]
+
+
+@pytest.mark.parametrize("last_id", ["garbage", "12-", "99999999999999-0"])
+def test_a_last_event_id_outside_the_stream_is_400(session, carol, scripted_model, last_id):
+    client, token = session
+    chat_id = new_chat(client, token)
+    message_id = send(client, token, chat_id, carol).events[0]["messageId"]
+    refused = resume(client, chat_id, message_id, last_id)
+    assert refused.status == 400
+    body = json.loads(refused.body)
+    assert body["error"] == "invalid_request" and "lastEventId" in body["fields"]
+
+
+def test_cancel_stops_the_reply_at_the_next_token_and_answers_with_the_saved_message(
+    live_stack, session, carol, scripted_model
+):
+    script = slow(scripted_model, count=60, delay=0.1)
+    client, token = session
+    chat_id = new_chat(client, token)
+    first = send(client, token, chat_id, carol, stop_after=4)
+    message_id = first.events[0]["messageId"]
+
+    response = client.post(f"/api/chats/{chat_id}/messages/{message_id}/cancel", headers={"X-CSRFToken": token})
+    assert response.status_code == 200, response.text
+    saved = response.json()
+    assert saved["status"] == "cancelled" and saved["finishReason"] == "cancelled"
+
+    # The answer came after the end event was published and the row saved.
+    rest = resume(client, chat_id, message_id, first.ids[-1])
+    assert rest.types[-1] == "end" and rest.events[-1]["finishReason"] == "cancelled"
+    assert rest.types.count("end") == 1 and set(rest.types[:-1]) <= {"content"}
+    assert saved["content"] == first.text + rest.text
+    assert len(saved["content"]) < len("".join(script))
+
+    time.sleep(1)  # long enough for several more tokens, had generation gone on
+    message = Message.objects.get(id=message_id)
+    assert message.status == "cancelled" and message.content == saved["content"]
+    entries = live_stack.redis().xrange(f"{live_stack.key_prefix}{message_id}")
+    assert [f["type"] for _, f in entries].count("end") == 1 and entries[-1][1]["type"] == "end"
+
+
+def test_cancelling_a_finished_reply_is_409_and_a_second_cancel_is_harmless(session, carol, scripted_model):
+    client, token = session
+    chat_id = new_chat(client, token)
+    done = send(client, token, chat_id, carol)
+    message_id = done.events[0]["messageId"]
+    url = f"/api/chats/{chat_id}/messages/{message_id}/cancel"
+    refused = client.post(url, headers={"X-CSRFToken": token})
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "reply_finished" and refused.json()["status"] == "completed"
+
+    slow(scripted_model, count=40, delay=0.1)
+    running = send(client, token, chat_id, carol, stop_after=2)
+    url = f"/api/chats/{chat_id}/messages/{running.events[0]['messageId']}/cancel"
+    first, second = client.post(url, headers={"X-CSRFToken": token}), client.post(url, headers={"X-CSRFToken": token})
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+
+
+def test_cancelling_a_queued_reply_ends_it_before_any_worker_runs_it(live_stack, session, carol, scripted_model):
+    slow(scripted_model, count=30, delay=0.05)
+    client, token = session
+    busy_chat, queued_chat = new_chat(client, token), new_chat(client, token)
+    send(client, token, busy_chat, carol, stop_after=2)  # occupies the only worker process
+    with client.stream(
+        "POST",
+        f"/api/chats/{queued_chat}/messages/stream",
+        json={"content": "later", "modelId": "scripted", "userId": str(carol.id)},
+        headers={"X-CSRFToken": token},
+    ) as response:
+        assert response.status_code == 200
+    queued = Message.objects.get(chat_id=queued_chat, role="assistant")
+    assert queued.status == "queued"
+
+    response = client.post(f"/api/chats/{queued_chat}/messages/{queued.id}/cancel", headers={"X-CSRFToken": token})
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    stream = resume(client, queued_chat, str(queued.id))
+    assert stream.types == ["start", "end"] and stream.events[-1]["finishReason"] == "cancelled"
+
+    wait_until(lambda: Message.objects.get(chat_id=busy_chat, role="assistant").status == "completed")
+    time.sleep(1)  # the queued task has run by now, and found nothing to do
+    queued.refresh_from_db()
+    assert queued.status == "cancelled" and queued.content == ""
+    assert live_stack.redis().xlen(f"{live_stack.key_prefix}{queued.id}") == 2
+
+
+def test_the_same_idempotency_key_returns_the_same_reply_and_generates_it_once(session, carol, scripted_model):
+    script = slow(scripted_model, count=10)
+    client, token = session
+    chat_id = new_chat(client, token)
+    key = {"Idempotency-Key": "send-42"}
+    first = send(client, token, chat_id, carol, "Hello?", headers=key, stop_after=2)
+    again = send(client, token, chat_id, carol, "Hello?", headers=key)
+    assert again.status == 200
+    assert again.events[0] == first.events[0] and again.ids[:2] == first.ids
+    assert again.types[-1] == "end" and again.text == "".join(script)
+    assert Chat.objects.get(id=chat_id).messages.count() == 2
+
+    reused = send(client, token, chat_id, carol, "Something else", headers=key)
+    assert reused.status == 409 and json.loads(reused.body)["error"] == "idempotency_key_reused"
+    assert Chat.objects.get(id=chat_id).messages.count() == 2
+
+
+def test_a_send_while_a_reply_is_running_is_409_with_the_running_reply(session, carol, scripted_model):
+    slow(scripted_model, count=30, delay=0.05)
+    client, token = session
+    chat_id = new_chat(client, token)
+    running = send(client, token, chat_id, carol, stop_after=1)
+    refused = send(client, token, chat_id, carol, "another")
+    assert refused.status == 409
+    body = json.loads(refused.body)
+    assert body["error"] == "reply_in_progress" and body["messageId"] == running.events[0]["messageId"]
+    assert Chat.objects.get(id=chat_id).messages.count() == 2
+
+
+def test_regenerate_streams_a_sibling_reply_to_the_same_question(session, carol, scripted_model):
+    client, token = session
+    chat_id = new_chat(client, token)
+    first = send(client, token, chat_id, carol, "Question?")
+    old_id = first.events[0]["messageId"]
+    scripted_model.options = {"script": ["Another", " answer"]}
+    scripted_model.save()
+    again = read_sse(client, "POST", f"/api/chats/{chat_id}/messages/{old_id}/regenerate", token=token, json={})
+    assert again.status == 200 and again.types[0] == "start" and again.types[-1] == "end"
+    new_id = again.events[0]["messageId"]
+    assert new_id != old_id and again.events[0]["userMessageId"] == first.events[0]["userMessageId"]
+    messages = client.get(f"/api/chats/{chat_id}/messages").json()["results"]
+    replies = [m for m in messages if m["role"] == "assistant"]
+    assert [r["content"] for r in replies] == ["Hello, world!", "Another answer"]
+    assert replies[0]["parentId"] == replies[1]["parentId"] == first.events[0]["userMessageId"]
+
+
+def test_a_worker_killed_before_any_content_generates_the_reply_once_after_redelivery(
+    live_stack, session, carol, scripted_model
+):
+    script = slow(scripted_model, count=5, delay=0.05, first_delay=2.0)
+    client, token = session
+    chat_id = new_chat(client, token)
+    started = send(client, token, chat_id, carol, stop_after=1)
+    message_id = started.events[0]["messageId"]
+    live_stack.wait_for(lambda: live_stack.heartbeat_pid(message_id), 10, "the reply's heartbeat")
+    os.kill(live_stack.heartbeat_pid(message_id), signal.SIGKILL)
+
+    stream = resume(client, chat_id, message_id)
+    assert stream.types == ["start"] + ["content"] * len(script) + ["end"], stream.types
+    assert_exactly_once_in_order(stream.ids)
+    message = Message.objects.get(id=message_id)
+    assert message.status == "completed" and message.content == "".join(script) == stream.text
+
+
+def test_a_worker_killed_after_content_went_out_ends_the_reply_as_worker_lost(
+    live_stack, session, carol, scripted_model
+):
+    slow(scripted_model, count=60, delay=0.1)
+    client, token = session
+    chat_id = new_chat(client, token)
+    first = send(client, token, chat_id, carol, stop_after=3)
+    message_id = first.events[0]["messageId"]
+    os.kill(live_stack.heartbeat_pid(message_id), signal.SIGKILL)
+
+    rest = resume(client, chat_id, message_id, first.ids[-1])
+    assert rest.types[-1] == "error" and rest.types.count("error") == 1
+    assert rest.events[-1]["error"] == "worker_lost" and rest.events[-1]["retryable"] is True
+    message = Message.objects.get(id=message_id)
+    assert message.status == "failed" and message.error["code"] == "worker_lost"
+    assert message.content == first.text + rest.text != ""
+
+
+def test_the_watchdog_ends_a_reply_whose_worker_vanished(live_stack, session, carol, scripted_model):
+    client, token = session
+    chat = Chat.objects.get(id=new_chat(client, token))
+    long_ago = timezone.now() - timedelta(seconds=30)
+    question = Message.objects.create(chat=chat, role="user", content="Hi", created_at=long_ago)
+    reply = Message.objects.create(
+        chat=chat, role="assistant", status="streaming", model_id="scripted", parent=question,
+        created_at=long_ago, started_at=long_ago,
+    )  # fmt: skip
+    key = f"{live_stack.key_prefix}{reply.id}"
+    redis = live_stack.redis()
+    old_ms = int(long_ago.timestamp() * 1000)
+    redis.xadd(
+        key, {"type": "start", "data": json.dumps({"type": "start", "messageId": str(reply.id)})}, id=f"{old_ms}-0"
+    )
+    redis.xadd(key, {"type": "content", "data": json.dumps({"type": "content", "delta": "partial"})}, id=f"{old_ms}-1")
+
+    stream = resume(client, str(chat.id), str(reply.id))  # follows live until the watchdog ends it
+    assert stream.types == ["start", "content", "error"] and stream.events[-1]["error"] == "worker_lost"
+    reply.refresh_from_db()
+    assert reply.status == "failed" and reply.content == "partial"
+
+
+def test_a_reply_lost_from_the_queue_is_queued_again_by_the_watchdog(session, carol, scripted_model):
+    client, token = session
+    chat = Chat.objects.get(id=new_chat(client, token))
+    a_while_ago = timezone.now() - timedelta(seconds=10)
+    question = Message.objects.create(chat=chat, role="user", content="Hi", created_at=a_while_ago)
+    reply = Message.objects.create(
+        chat=chat, role="assistant", status="queued", model_id="scripted", parent=question,
+        created_at=a_while_ago + timedelta(microseconds=1),
+    )  # fmt: skip
+    stream = resume(client, str(chat.id), str(reply.id))
+    assert stream.types[0] == "start" and stream.types[-1] == "end"
+    reply.refresh_from_db()
+    assert reply.status == "completed" and reply.content == "Hello, world!"
