@@ -11,6 +11,8 @@ import logging
 from collections.abc import AsyncIterator
 
 import redis
+from asgiref.sync import sync_to_async
+from django.db import connection
 from django.http import StreamingHttpResponse
 
 from chats import events
@@ -35,7 +37,9 @@ def format_sse(entry_id: str, data: str) -> bytes:
 async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
     """Yield a reply's events as SSE bytes from after `last_id` until its terminal event.
 
-    Starts with a `: connected` comment. Sends `: ping` whenever `CHATSITE_SSE_PING_SECONDS` pass with no event. If Redis goes away, it reconnects
+    Starts with a `: connected` comment. Sends `: ping` whenever `CHATSITE_SSE_PING_SECONDS` pass with no
+    event, and then ends with the saved terminal event if the reply ended in the database but its stream
+    never got one. If Redis goes away, it reconnects
     and carries on from the last event it relayed; after `RECONNECT_ATTEMPTS` failures it sends an `error`
     event (`stream_unavailable`, retryable, no `id:`) and ends, so the client can resume later.
     """
@@ -71,11 +75,20 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
             await asyncio.sleep(RECONNECT_BASE_DELAY * 2 ** (failures - 1))
 
 
-async def _saved_terminal(message_id: str) -> events.Event | None:
-    message = await Message.objects.filter(id=message_id).afirst()
+def _saved_terminal_sync(message_id: str) -> events.Event | None:
+    try:
+        message = Message.objects.filter(id=message_id).first()
+    finally:
+        # Each open stream has a thread of its own under ASGI: a connection kept here would be held for as
+        # long as the stream stays open, and a few hundred streams would exhaust the database's connections.
+        connection.close()
     if message is None or message.status not in Message.TERMINAL_STATUSES:
         return None
     return terminal_event_from_db(message)
+
+
+async def _saved_terminal(message_id: str) -> events.Event | None:
+    return await sync_to_async(_saved_terminal_sync)(message_id)
 
 
 def terminal_event_from_db(message: Message) -> events.Event:
@@ -155,6 +168,10 @@ def event_stream_response(message_id: str, last_id: str = "0-0") -> StreamingHtt
 
 
 def _sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    # The request's database connection would otherwise stay open until the stream closes (Django closes it
+    # at request_finished): give it back now, as the relay needs none. (Not inside a transaction: tests.)
+    if not connection.in_atomic_block:
+        connection.close()
     response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # Tells nginx (and proxies that honour it) not to buffer the stream.

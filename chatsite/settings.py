@@ -83,8 +83,17 @@ TEMPLATES = [
 
 # SQLite by default (nothing to install); PostgreSQL when DATABASE_URL says so.
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-# Under ASGI every sync view runs in one thread pool; persistent connections would pile up per thread.
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+# Under ASGI each request runs its sync code in a thread of its own, so connections are not reused across
+# requests and many requests at once would each open one: on PostgreSQL, a psycopg pool bounds them (Django
+# 5.1+; requests wait up to DATABASE_POOL_TIMEOUT seconds for a free connection). 0 turns the pool off.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=20)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE > 0:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=30.0),
+    }
 
 AUTH_USER_MODEL = "chats.User"
 AUTH_PASSWORD_VALIDATORS = [

@@ -102,8 +102,11 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-def start_stack(database_url: str, redis_url: str, *, extra_env: dict[str, str] | None = None) -> Stack:
-    """Start daphne, one prefork worker process and beat on a queue and key prefix of their own."""
+def start_stack(
+    database_url: str, redis_url: str, *, extra_env: dict[str, str] | None = None, concurrency: int = 1
+) -> Stack:
+    """Start daphne, a prefork Celery worker (`concurrency` processes) and beat, on a queue and key prefix of
+    their own."""
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="chatsite-live-"))
     prefix = f"live:{uuid.uuid4().hex[:8]}:"
@@ -121,7 +124,14 @@ def start_stack(database_url: str, redis_url: str, *, extra_env: dict[str, str] 
     celery = [sys.executable, "-m", "celery", "-A", "chatsite"]
     stack.commands = {
         "web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-        "worker": [*celery, "worker", "--concurrency=1", "--without-mingle", "--without-gossip", "--loglevel=INFO"],
+        "worker": [
+            *celery,
+            "worker",
+            f"--concurrency={concurrency}",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel=INFO",
+        ],
         "beat": [*celery, "beat", "--loglevel=INFO", "-s", str(log_dir / "beat-schedule")],
     }
     for name in stack.commands:
@@ -136,14 +146,6 @@ def start_stack(database_url: str, redis_url: str, *, extra_env: dict[str, str] 
     stack.wait_for(web_up, 30, "daphne to answer")
     stack.wait_worker_ready()
     return stack
-
-
-def worker_child_pid(stack: Stack) -> int:
-    """The pid of the worker's pool process (the prefork child that runs tasks)."""
-    parent = stack.processes["worker"].pid
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    assert children, "the worker has no pool process"
-    return int(children[0])
 
 
 def login(base_url: str, username: str, password: str) -> tuple[httpx.Client, str]:
