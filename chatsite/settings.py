@@ -153,7 +153,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One reply at a time per worker process: a long generation must not hold other replies hostage.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CHATSITE_TASK_TIME_LIMIT", default=600)  # seconds, hard limit
-CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 10
+# The soft limit raises inside the reply, which then ends with `error` `timeout`; the hard limit kills it.
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CHATSITE_TASK_SOFT_TIME_LIMIT", default=CELERY_TASK_TIME_LIMIT - 10)
 # Redis redelivers an unacknowledged task after the visibility timeout: it must exceed the longest task,
 # or a reply still being generated would be handed to a second worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}

@@ -295,3 +295,14 @@ def test_a_reply_lost_from_the_queue_is_queued_again_by_the_watchdog(session, ca
     assert stream.types[0] == "start" and stream.types[-1] == "end"
     reply.refresh_from_db()
     assert reply.status == "completed" and reply.content == "Hello, world!"
+
+
+def test_a_reply_that_runs_past_its_time_limit_ends_with_a_timeout_error(session, carol, scripted_model):
+    slow(scripted_model, count=40, delay=0.5)  # 20 s, past the stack's 8 s soft time limit
+    client, token = session
+    chat_id = new_chat(client, token)
+    received = send(client, token, chat_id, carol)
+    assert received.types[-1] == "error" and received.types.count("error") == 1
+    assert received.events[-1]["error"] == "timeout" and received.events[-1]["retryable"] is True
+    message = Message.objects.get(id=received.events[0]["messageId"])
+    assert message.status == "failed" and message.content == received.text != ""
