@@ -31,12 +31,17 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Full mode (Redis answers): daphne, a Celery worker and beat (Procfile). Embedded mode (no Redis, or
+# CHATSITE_EMBEDDED=1): daphne alone, generating replies on a thread pool.
 run: install
-	@$(BIN)/python manage.py check_redis
 	$(BIN)/python manage.py migrate --no-input
 	@$(BIN)/python manage.py ensure_demo_user
 	@echo "chatsite: http://$${CHATSITE_HOST:-127.0.0.1}:$${CHATSITE_PORT:-8000}/  (API under /api/, admin at /admin/)"
-	$(BIN)/honcho start
+	@if $(BIN)/python manage.py chatsite_mode; then \
+		$(BIN)/honcho start; \
+	else \
+		CHATSITE_EMBEDDED=1 $(BIN)/daphne -b $${CHATSITE_HOST:-127.0.0.1} -p $${CHATSITE_PORT:-8000} chatsite.asgi:application; \
+	fi
 
 test: install-dev
 	$(BIN)/ruff check .

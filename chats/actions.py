@@ -43,7 +43,13 @@ def do_delete_chat(chat: Chat) -> None:
 
 
 def enqueue_reply(message_id: str) -> None:
-    """Send a reply to the Celery queue; if the broker is unreachable, end the reply as failed."""
+    """Send a reply to the Celery queue (in embedded mode, to the web process's thread pool); if the broker
+    is unreachable, end the reply as failed."""
+    if settings.CHATSITE_EMBEDDED:
+        from pipelines import embedded
+
+        embedded.submit(message_id)
+        return
     # Imported here: pipelines.tasks imports the runner, which imports these actions.
     from pipelines.tasks import generate_reply
 
@@ -217,6 +223,18 @@ def do_reclaim_reply(message_id: str, started_at: datetime) -> Message | None:
     if not claimed:
         return None
     return Message.objects.select_related("chat", "chat__owner", "workflow").get(id=message_id)
+
+
+def do_requeue_reply(message_id: str, started_at: datetime) -> bool:
+    """Put a `streaming` reply whose worker died before it wrote any text back to `queued`.
+
+    Only if nobody took it over since `started_at`. Returns True if it is queued again (the caller enqueues it).
+    """
+    return bool(
+        Message.objects.filter(id=message_id, status=Message.Status.STREAMING, started_at=started_at).update(
+            status=Message.Status.QUEUED, started_at=None
+        )
+    )
 
 
 def do_end_reply_from_stream(

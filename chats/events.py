@@ -29,6 +29,8 @@ from django.conf import settings
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from chats.bus import EventBus, MemoryBus, RedisBus, parse_entry_id
+
 logger = logging.getLogger(__name__)
 
 START = "start"
@@ -98,18 +100,6 @@ def heartbeat_key(message_id: str) -> str:
     return f"{settings.CHATSITE_STREAM_KEY_PREFIX}{message_id}:heartbeat"
 
 
-def parse_entry_id(entry_id: str) -> tuple[int, int]:
-    """`"<ms>-<seq>"` -> `(ms, seq)`, for comparing stream entry ids.
-
-    Raises:
-        ValueError: when `entry_id` is not of that form.
-    """
-    ms, sep, seq = entry_id.partition("-")
-    if not (sep and ms.isdigit() and seq.isdigit()):
-        raise ValueError(f"not a stream entry id: {entry_id!r}")
-    return int(ms), int(seq)
-
-
 _sync_client: redis.Redis | None = None
 _sync_lock = threading.Lock()
 
@@ -150,6 +140,19 @@ def async_redis() -> redis.asyncio.Redis:
     return client
 
 
+_bus: EventBus | None = None
+_bus_lock = threading.Lock()
+
+
+def bus() -> EventBus:
+    """The process's event bus: Redis in full mode, memory in embedded mode (`CHATSITE_EMBEDDED`)."""
+    global _bus
+    with _bus_lock:
+        if _bus is None:
+            _bus = MemoryBus() if settings.CHATSITE_EMBEDDED else RedisBus(sync_redis(), async_redis)
+        return _bus
+
+
 class StreamClosed(Exception):
     """Someone else ended this reply's stream (a cancel that could not wait, or the watchdog)."""
 
@@ -168,11 +171,11 @@ class EventPublisher:
     after a lost answer cannot add the same event twice: Redis refuses an id that is not above the last.
 
     Args:
-        client: a blocking redis-py client; the process-wide one by default.
+        event_bus: the process's bus by default.
     """
 
-    def __init__(self, client: redis.Redis | None = None) -> None:
-        self.client = client or sync_redis()
+    def __init__(self, event_bus: EventBus | None = None) -> None:
+        self.bus = event_bus or bus()
         self._last: dict[str, tuple[int, int]] = {}
 
     def continue_after(self, message_id: str, entry_id: str | None) -> None:
@@ -190,8 +193,8 @@ class EventPublisher:
     def publish(self, message_id: str, event: Event) -> Published:
         """Append one event; also report whether a cancel has been requested (same round trip).
 
-        The terminal event and the key's expiry go in one MULTI/EXEC, so a stream never lingers forever
-        and never expires before its end is in.
+        The terminal event gives the stream its expiry (CHATSITE_STREAM_TTL_SECONDS) in the same step, so a
+        stream never lingers forever and never expires before its end is in.
 
         Raises:
             StreamClosed: another process already ended the stream (its entries are past ours).
@@ -201,33 +204,36 @@ class EventPublisher:
         entry_id = self._next_id(message_id)
         fields = {"type": event["type"], "data": encode(event)}
         terminal = event["type"] in TERMINAL_TYPES
-        pipe = self.client.pipeline(transaction=terminal)
-        pipe.xadd(key, fields, id=entry_id, maxlen=settings.CHATSITE_STREAM_MAXLEN, approximate=True)
-        if terminal:
-            pipe.expire(key, settings.CHATSITE_STREAM_TTL_SECONDS)
-        pipe.exists(cancel_key(message_id))
-        results = pipe.execute(raise_on_error=False)
-        if isinstance(results[0], redis.ResponseError):
+        written, cancelled = self.bus.append(
+            key,
+            fields,
+            entry_id=entry_id,
+            maxlen=settings.CHATSITE_STREAM_MAXLEN,
+            expire_seconds=settings.CHATSITE_STREAM_TTL_SECONDS if terminal else None,
+            check_flag=cancel_key(message_id),
+        )
+        if written is None:
             # Either our own earlier attempt landed (its answer was lost), or another writer is past us.
-            landed = self.client.xrange(key, entry_id, entry_id)
+            landed = self.bus.entries(key, entry_id, entry_id)
             if not (landed and landed[0][1] == fields):
                 raise StreamClosed(f"the stream of {message_id} was ended elsewhere")
-        return Published(entry_id, bool(results[-1]))
+        return Published(entry_id, cancelled)
 
 
 def publish_once(message_id: str, event: Event) -> str:
-    """Append an event with an id chosen by Redis (for one-off writers: cancel, watchdog, recovery).
+    """Append an event with an id chosen by the bus (for one-off writers: cancel, watchdog, recovery).
 
     Raises:
         redis.RedisError: when Redis cannot be reached.
     """
-    client = sync_redis()
-    key = stream_key(message_id)
-    pipe = client.pipeline(transaction=True)
-    pipe.xadd(key, {"type": event["type"], "data": encode(event)}, maxlen=settings.CHATSITE_STREAM_MAXLEN)
-    if event["type"] in TERMINAL_TYPES:
-        pipe.expire(key, settings.CHATSITE_STREAM_TTL_SECONDS)
-    return pipe.execute()[0]
+    terminal = event["type"] in TERMINAL_TYPES
+    entry_id, _ = bus().append(
+        stream_key(message_id),
+        {"type": event["type"], "data": encode(event)},
+        maxlen=settings.CHATSITE_STREAM_MAXLEN,
+        expire_seconds=settings.CHATSITE_STREAM_TTL_SECONDS if terminal else None,
+    )
+    return entry_id
 
 
 @dataclass
@@ -258,7 +264,7 @@ class StreamSnapshot:
 
 def snapshot(message_id: str) -> StreamSnapshot:
     """Read a reply's whole stream (at most CHATSITE_STREAM_MAXLEN entries)."""
-    entries = sync_redis().xrange(stream_key(message_id))
+    entries = bus().entries(stream_key(message_id))
     types = [fields["type"] for _, fields in entries]
     text = "".join(json.loads(f["data"]).get("delta", "") for _, f in entries if f["type"] == CONTENT)
     return StreamSnapshot(types, text, entries[-1][0] if entries else None)
@@ -266,23 +272,23 @@ def snapshot(message_id: str) -> StreamSnapshot:
 
 def request_cancel(message_id: str) -> None:
     """Ask the worker generating `message_id` to stop at its next delta."""
-    sync_redis().set(cancel_key(message_id), "1", ex=settings.CHATSITE_STREAM_TTL_SECONDS)
+    bus().set_flag(cancel_key(message_id), "1", settings.CHATSITE_STREAM_TTL_SECONDS)
 
 
 def cancel_requested(message_id: str) -> bool:
     """Whether someone asked to stop `message_id`."""
-    return bool(sync_redis().exists(cancel_key(message_id)))
+    return bus().flag(cancel_key(message_id)) is not None
 
 
 def mark_requeued(message_id: str, seconds: float) -> bool:
     """Note that `message_id` was sent to the queue again; False if that already happened in `seconds`."""
     key = f"{settings.CHATSITE_STREAM_KEY_PREFIX}{message_id}:requeued"
-    return bool(sync_redis().set(key, "1", nx=True, px=int(seconds * 1000)))
+    return bus().set_flag(key, "1", seconds, only_if_absent=True)
 
 
 def heartbeat_alive(message_id: str) -> bool:
     """Whether a live worker is generating `message_id` (its heartbeat key has not expired)."""
-    return bool(sync_redis().exists(heartbeat_key(message_id)))
+    return bus().flag(heartbeat_key(message_id)) is not None
 
 
 class Heartbeat:
@@ -300,7 +306,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         # The value says who generates the reply (`host:pid`), for operators and tests.
-        sync_redis().set(self.key, f"{socket.gethostname()}:{os.getpid()}", px=int(self.interval * 3000))
+        bus().set_flag(self.key, f"{socket.gethostname()}:{os.getpid()}", self.interval * 3)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -318,7 +324,7 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
         try:
-            sync_redis().delete(self.key)
+            bus().delete(self.key)
         except redis.RedisError:
             logger.warning("could not clear heartbeat %s", self.key)
 
@@ -336,14 +342,14 @@ async def read_events(
         redis.RedisError: when Redis cannot be reached.
     """
     idle = settings.CHATSITE_SSE_PING_SECONDS if idle_seconds is None else idle_seconds
-    client = async_redis()
+    event_bus = bus()
     key = stream_key(message_id)
     while True:
-        response = await client.xread({key: last_id}, count=500, block=max(1, int(idle * 1000)))
-        if not response:
+        found = await event_bus.read(key, last_id, count=500, block_seconds=idle)
+        if not found:
             yield None
             continue
-        for entry_id, fields in response[0][1]:
+        for entry_id, fields in found:
             last_id = entry_id
             yield entry_id, fields["type"], fields["data"]
             if fields["type"] in TERMINAL_TYPES:

@@ -136,9 +136,9 @@ def reply_stream_response(message: Message, last_id: str | None = None) -> Strea
             wanted = parse_entry_id(last_id)
         except ValueError:
             raise LastEventIdError(f"Last-Event-ID {last_id!r} is not a stream entry id (<ms>-<seq>).") from None
-    newest = events.sync_redis().xrevrange(events.stream_key(str(message.id)), count=1)
+    newest = events.bus().newest(events.stream_key(str(message.id)))
     if newest:
-        if last_id is not None and wanted > parse_entry_id(newest[0][0]):
+        if last_id is not None and wanted > parse_entry_id(newest[0]):
             raise LastEventIdError(f"Last-Event-ID {last_id} is ahead of this reply's stream.")
         return event_stream_response(str(message.id), last_id or "0-0")
     if message.status not in Message.TERMINAL_STATUSES:

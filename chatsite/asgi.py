@@ -8,7 +8,20 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
 django_asgi_app = get_asgi_application()
 
+import logging  # noqa: E402
+
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up first)
+from django.conf import settings  # noqa: E402
+
+if settings.CHATSITE_EMBEDDED:
+    from pipelines import embedded
+
+    embedded.start()
+logging.getLogger("chatsite").warning(
+    "chatsite is running in %s mode (%s)",
+    "embedded" if settings.CHATSITE_EMBEDDED else "full",
+    settings.CHATSITE_MODE_REASON,
+)
 
 application = ProtocolTypeRouter(
     {

@@ -87,6 +87,16 @@ DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR 
 # requests and many requests at once would each open one: on PostgreSQL, a psycopg pool bounds them (Django
 # 5.1+; requests wait up to DATABASE_POOL_TIMEOUT seconds for a free connection). 0 turns the pool off.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web requests and reply threads write at once: wait for the lock, take it up front, and let readers
+    # read while one writes (WAL).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=20)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE > 0:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -198,3 +208,27 @@ CELERY_BEAT_SCHEDULE = {
     "end-lost-replies": {"task": "pipelines.watchdog", "schedule": CHATSITE_WATCHDOG_SECONDS},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+
+def _embedded_mode() -> tuple[bool, str]:
+    """Whether to run embedded (one process, no Redis, no Celery) and why.
+
+    CHATSITE_EMBEDDED=1 or 0 decides; unset or `auto`, embedded mode is chosen when Redis does not answer.
+    """
+    wanted = env.str("CHATSITE_EMBEDDED", default="auto").strip().lower()
+    if wanted in ("1", "true", "yes", "on"):
+        return True, "CHATSITE_EMBEDDED=1"
+    if wanted in ("0", "false", "no", "off"):
+        return False, "CHATSITE_EMBEDDED=0"
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5).ping()
+    except (redis.RedisError, OSError) as exc:
+        return True, f"no Redis answers at {REDIS_URL} ({exc.__class__.__name__})"
+    return False, f"Redis answers at {REDIS_URL}"
+
+
+CHATSITE_EMBEDDED, CHATSITE_MODE_REASON = _embedded_mode()
+# Embedded mode: replies are generated on this many threads of the web process.
+CHATSITE_EMBEDDED_WORKERS = env.int("CHATSITE_EMBEDDED_WORKERS", default=2)

@@ -25,6 +25,7 @@ from chats.actions import (
     do_end_reply_from_stream,
     do_finish_reply,
     do_reclaim_reply,
+    do_requeue_reply,
     enqueue_reply,
 )
 from chats.events import EventPublisher, Heartbeat, StreamClosed
@@ -153,6 +154,12 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None) -> str |
         message, start_published = take_over_reply(message_id, publisher)
         if message is None:
             return None
+    else:
+        # A reply the watchdog queued again (its worker died before any text) already has its `start`.
+        stream = events.snapshot(message_id)
+        if stream.started:
+            publisher.continue_after(message_id, stream.last_id)
+            start_published = True
     with Heartbeat(message_id):
         return _generate(message, publisher, start_published)
 
@@ -318,9 +325,10 @@ def end_lost_replies() -> int:
     """The watchdog: end replies whose worker vanished; send replies lost from the queue again.
 
     A `streaming` reply with no live heartbeat whose stream has been silent for
-    `CHATSITE_WORKER_LOST_SECONDS` is ended with `error` `worker_lost` (retryable), keeping its partial text.
-    A reply `queued` for longer than `CHATSITE_REQUEUE_SECONDS` is enqueued again (claiming makes a
-    duplicate delivery harmless). Returns how many replies it ended.
+    `CHATSITE_WORKER_LOST_SECONDS` has lost its worker. If some of its text went out, it is ended with
+    `error` `worker_lost` (retryable), keeping that text; if none did, it is queued again and generated
+    normally. A reply `queued` for longer than `CHATSITE_REQUEUE_SECONDS` is enqueued again (claiming makes
+    a duplicate delivery harmless). Returns how many replies it ended.
     """
     now = timezone.now()
     lost_after = timedelta(seconds=settings.CHATSITE_WORKER_LOST_SECONDS)
@@ -334,6 +342,11 @@ def end_lost_replies() -> int:
         stream = events.snapshot(message_id)
         last_activity = max(row.started_at.timestamp(), (stream.last_ms or 0) / 1000)
         if time.time() - last_activity < lost_after.total_seconds():
+            continue
+        if not (stream.has_content or stream.ended):
+            if do_requeue_reply(message_id, row.started_at):
+                logger.warning("watchdog: reply %s lost its worker before any text; queued again", message_id)
+                enqueue_reply(message_id)
             continue
         if do_end_lost_reply(message_id):
             logger.warning("watchdog: reply %s lost its worker; ended as worker_lost", message_id)

@@ -120,18 +120,47 @@ def shared_workflow(db) -> Workflow:
 E2E_PASSWORD = "e2e password 1234"
 
 
-@pytest.fixture(scope="session")
-def live_stack(django_db_setup, django_db_blocker):
-    """daphne, a Celery worker and beat on the test database; stopped when the session ends."""
+def _test_database_url() -> str:
     from django.db import connection
 
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker):
+    """Full mode: daphne, a Celery worker and beat on the test database; stopped when the session ends."""
     from tests.live import start_stack
 
-    db = connection.settings_dict
-    database_url = f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    stack = start_stack(database_url, settings_module.REDIS_URL)
+    stack = start_stack(_test_database_url(), settings_module.REDIS_URL)
     yield stack
     stack.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(django_db_setup, django_db_blocker):
+    """Embedded mode: daphne alone, events in memory, no Redis reachable (its URL points nowhere)."""
+    from tests.live import start_stack
+
+    stack = start_stack(_test_database_url(), "redis://127.0.0.1:1/0", embedded=True)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(params=["full", "embedded"])
+def contract_stack(request):
+    """Each mode in turn, for tests of the API contract that both modes must keep."""
+    return request.getfixturevalue("live_stack" if request.param == "full" else "embedded_stack")
+
+
+@pytest.fixture
+def contract_session(contract_stack, carol):
+    """An HTTP client logged in as carol on `contract_stack`, and its CSRF token."""
+    from tests.live import login
+
+    client, token = login(contract_stack.base_url, carol.username, E2E_PASSWORD)
+    yield client, token
+    client.close()
 
 
 @pytest.fixture

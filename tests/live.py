@@ -105,10 +105,15 @@ class Stack:
 
 
 def start_stack(
-    database_url: str, redis_url: str, *, extra_env: dict[str, str] | None = None, concurrency: int = 1
+    database_url: str,
+    redis_url: str,
+    *,
+    extra_env: dict[str, str] | None = None,
+    concurrency: int = 1,
+    embedded: bool = False,
 ) -> Stack:
     """Start daphne, a prefork Celery worker (`concurrency` processes) and beat, on a queue and key prefix of
-    their own."""
+    their own; or, `embedded`, daphne alone in embedded mode (`redis_url` is then never used)."""
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="chatsite-live-"))
     prefix = f"live:{uuid.uuid4().hex[:8]}:"
@@ -120,6 +125,7 @@ def start_stack(
         "CHATSITE_STREAM_KEY_PREFIX": prefix,
         "PYTHONUNBUFFERED": "1",
         **LIFECYCLE_ENV,
+        "CHATSITE_EMBEDDED": "1" if embedded else "0",
         **(extra_env or {}),
     }
     stack = Stack(f"http://127.0.0.1:{port}", redis_url, prefix, env, log_dir)
@@ -136,6 +142,8 @@ def start_stack(
         ],
         "beat": [*celery, "beat", "--loglevel=INFO", "-s", str(log_dir / "beat-schedule")],
     }
+    if embedded:
+        stack.commands = {"web": stack.commands["web"]}
     for name in stack.commands:
         stack.start(name)
 
@@ -146,7 +154,8 @@ def start_stack(
             return False
 
     stack.wait_for(web_up, 30, "daphne to answer")
-    stack.wait_worker_ready()
+    if not embedded:
+        stack.wait_worker_ready()
     return stack
 
 

@@ -53,18 +53,30 @@ def test_demo_user_is_created_once_with_its_password_printed(db):
     assert again.getvalue() == "" and User.objects.count() == 1
 
 
-def test_check_redis_says_how_to_start_redis_when_it_is_unreachable(settings):
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"
-    err = io.StringIO()
+def test_mode_command_says_embedded_and_why(settings):
+    settings.CHATSITE_EMBEDDED, settings.CHATSITE_MODE_REASON = True, "no Redis answers at redis://127.0.0.1:1/0"
+    out = io.StringIO()
     with pytest.raises(SystemExit) as exit_info:
-        call_command("check_redis", stderr=err)
-    assert exit_info.value.code == 1
-    assert "Redis is not reachable" in err.getvalue() and "redis-server" in err.getvalue()
-    assert len(err.getvalue().strip().splitlines()) == 1
+        call_command("chatsite_mode", stdout=out)
+    assert exit_info.value.code == 3
+    assert "embedded mode (no Redis answers at redis://127.0.0.1:1/0)" in out.getvalue()
 
 
-def test_check_redis_passes_when_redis_answers():
-    call_command("check_redis")
+def test_mode_command_says_full_when_redis_answers():
+    out = io.StringIO()
+    call_command("chatsite_mode", stdout=out)
+    assert out.getvalue().startswith("chatsite: full mode (Redis answers at")
+
+
+def test_embedded_mode_is_chosen_when_no_redis_answers(monkeypatch):
+    import chatsite.settings as chatsite_settings
+
+    monkeypatch.setattr(chatsite_settings, "REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.delenv("CHATSITE_EMBEDDED", raising=False)
+    embedded, reason = chatsite_settings._embedded_mode()
+    assert embedded and reason.startswith("no Redis answers at redis://127.0.0.1:1/0")
+    monkeypatch.setenv("CHATSITE_EMBEDDED", "0")
+    assert chatsite_settings._embedded_mode() == (False, "CHATSITE_EMBEDDED=0")
 
 
 def test_a_fresh_database_has_the_embedded_model(db):

@@ -1,5 +1,6 @@
-"""End to end: a real daphne server, Celery worker and beat (subprocesses), real PostgreSQL and Redis, the
-real SmolLM2 model; a client logs in over HTTP and reads the SSE stream with httpx-sse."""
+"""End to end, in both modes: a real daphne server with a Celery worker and beat and Redis (full mode), or daphne
+alone with no Redis (embedded mode); real PostgreSQL and the real SmolLM2 model. A client logs in over HTTP and
+reads the SSE stream with httpx-sse: the API contract is the same in both modes."""
 
 import time
 import uuid
@@ -13,10 +14,10 @@ from tests.live import entry_key, new_chat, send
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_real_model_reply_streams_token_by_token(session, carol, smollm2):
+def test_a_real_model_reply_streams_token_by_token(contract_session, carol, smollm2):
     smollm2.default_max_tokens = 80
     smollm2.save()
-    client, token = session
+    client, token = contract_session
     chat_id = new_chat(client, token)
     posted = time.time()
     received = send(client, token, chat_id, carol, "Write a short poem about the sea.", "smollm2-135m")
@@ -51,10 +52,10 @@ def test_a_real_model_reply_streams_token_by_token(session, carol, smollm2):
     )
 
 
-def test_a_scripted_reply_arrives_piece_by_piece_while_it_is_generated(session, carol, scripted_model):
+def test_a_scripted_reply_arrives_piece_by_piece_while_it_is_generated(contract_session, carol, scripted_model):
     scripted_model.options = {"script": ["one", " two", " three", " four"], "delay": 0.3}
     scripted_model.save()
-    client, token = session
+    client, token = contract_session
     received = send(client, token, new_chat(client, token), carol, "count")
     assert [e.get("delta") for e in received.events[1:-1]] == ["one", " two", " three", " four"]
     gaps = [b - a for a, b in zip(received.arrived[1:-1], received.arrived[2:-1], strict=False)]
@@ -62,10 +63,10 @@ def test_a_scripted_reply_arrives_piece_by_piece_while_it_is_generated(session, 
     assert received.events[0]["userMessageId"] == str(Message.objects.get(role="user", chat__owner=carol).id)
 
 
-def test_a_provider_failure_reaches_the_client_as_one_error_event(session, carol, scripted_model):
+def test_a_provider_failure_reaches_the_client_as_one_error_event(contract_session, carol, scripted_model):
     scripted_model.options = {"script": ["a", "b", "c"], "fail_after": 1}
     scripted_model.save()
-    client, token = session
+    client, token = contract_session
     received = send(client, token, new_chat(client, token), carol)
     assert received.types == ["start", "content", "error"]
     assert received.events[-1]["error"] == "provider_error" and received.events[-1]["retryable"] is True
@@ -73,11 +74,11 @@ def test_a_provider_failure_reaches_the_client_as_one_error_event(session, carol
     assert message.status == "failed" and message.content == "a"
 
 
-def test_a_client_that_disconnects_does_not_stop_the_generation(session, carol, scripted_model):
+def test_a_client_that_disconnects_does_not_stop_the_generation(contract_session, carol, scripted_model):
     script = [f" {i}" for i in range(15)]
     scripted_model.options = {"script": script, "delay": 0.1}
     scripted_model.save()
-    client, token = session
+    client, token = contract_session
     chat_id = new_chat(client, token)
     received = send(client, token, chat_id, carol, "count", stop_after=2)
     message_id = received.events[0]["messageId"]
@@ -89,8 +90,8 @@ def test_a_client_that_disconnects_does_not_stop_the_generation(session, carol, 
     assert Chat.objects.get(id=chat_id).messages.count() == 2
 
 
-def test_the_message_list_shows_the_finished_reply(session, carol, scripted_model):
-    client, token = session
+def test_the_message_list_shows_the_finished_reply(contract_session, carol, scripted_model):
+    client, token = contract_session
     chat_id = new_chat(client, token)
     send(client, token, chat_id, carol)
     messages = client.get(f"/api/chats/{chat_id}/messages").json()["results"]

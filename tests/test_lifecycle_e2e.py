@@ -1,5 +1,6 @@
 """Streams that survive, on the live stack: resume, watch from another tab, stop, idempotent send, one reply
-per chat, regenerate, and replies whose worker dies before or after content went out."""
+per chat, regenerate (in both modes), and, in full mode, replies whose worker dies before or after content went
+out, the watchdog, expired streams and time limits."""
 
 import json
 import os
@@ -38,9 +39,9 @@ def assert_exactly_once_in_order(ids: list[str]) -> None:
     assert keys == sorted(keys) and len(set(keys)) == len(keys), ids
 
 
-def test_resume_after_a_disconnect_sees_every_event_once_in_order(session, carol, scripted_model):
+def test_resume_after_a_disconnect_sees_every_event_once_in_order(contract_session, carol, scripted_model):
     script = slow(scripted_model)
-    client, token = session
+    client, token = contract_session
     chat_id = new_chat(client, token)
     first = send(client, token, chat_id, carol, stop_after=4)
     message_id = first.events[0]["messageId"]
@@ -51,9 +52,9 @@ def test_resume_after_a_disconnect_sees_every_event_once_in_order(session, carol
     assert first.text + rest.text == "".join(script) == Message.objects.get(id=message_id).content
 
 
-def test_resume_with_the_last_event_id_query_parameter(session, carol, scripted_model):
+def test_resume_with_the_last_event_id_query_parameter(contract_session, carol, scripted_model):
     slow(scripted_model, count=10)
-    client, token = session
+    client, token = contract_session
     chat_id = new_chat(client, token)
     first = send(client, token, chat_id, carol, stop_after=3)
     message_id = first.events[0]["messageId"]
@@ -62,13 +63,15 @@ def test_resume_with_the_last_event_id_query_parameter(session, carol, scripted_
     assert first.text + rest.text == Message.objects.get(id=message_id).content
 
 
-def test_another_tab_attaches_to_a_running_reply_and_sees_the_same_events(live_stack, session, carol, scripted_model):
+def test_another_tab_attaches_to_a_running_reply_and_sees_the_same_events(
+    contract_stack, contract_session, carol, scripted_model
+):
     slow(scripted_model, count=20, delay=0.05)
-    client, token = session
+    client, token = contract_session
     chat_id = new_chat(client, token)
     started = send(client, token, chat_id, carol, stop_after=1)
     message_id = started.events[0]["messageId"]
-    other_tab, _ = login(live_stack.base_url, carol.username, E2E_PASSWORD)
+    other_tab, _ = login(contract_stack.base_url, carol.username, E2E_PASSWORD)
     watched = resume(other_tab, chat_id, message_id)
     assert Message.objects.get(id=message_id).completed_at is not None
     replayed = resume(client, chat_id, message_id)
@@ -94,8 +97,8 @@ def test_an_expired_stream_is_answered_from_the_database(live_stack, session, ca
 
 
 @pytest.mark.parametrize("last_id", ["garbage", "12-", "99999999999999-0"])
-def test_a_last_event_id_outside_the_stream_is_400(session, carol, scripted_model, last_id):
-    client, token = session
+def test_a_last_event_id_outside_the_stream_is_400(contract_session, carol, scripted_model, last_id):
+    client, token = contract_session
     chat_id = new_chat(client, token)
     message_id = send(client, token, chat_id, carol).events[0]["messageId"]
     refused = resume(client, chat_id, message_id, last_id)
@@ -105,10 +108,10 @@ def test_a_last_event_id_outside_the_stream_is_400(session, carol, scripted_mode
 
 
 def test_cancel_stops_the_reply_at_the_next_token_and_answers_with_the_saved_message(
-    live_stack, session, carol, scripted_model
+    contract_session, carol, scripted_model
 ):
     script = slow(scripted_model, count=60, delay=0.1)
-    client, token = session
+    client, token = contract_session
     chat_id = new_chat(client, token)
     first = send(client, token, chat_id, carol, stop_after=4)
     message_id = first.events[0]["messageId"]
@@ -128,12 +131,12 @@ def test_cancel_stops_the_reply_at_the_next_token_and_answers_with_the_saved_mes
     time.sleep(1)  # long enough for several more tokens, had generation gone on
     message = Message.objects.get(id=message_id)
     assert message.status == "cancelled" and message.content == saved["content"]
-    entries = live_stack.redis().xrange(f"{live_stack.key_prefix}{message_id}")
-    assert [f["type"] for _, f in entries].count("end") == 1 and entries[-1][1]["type"] == "end"
+    whole = resume(client, chat_id, message_id)
+    assert whole.types.count("end") == 1 and whole.types[-1] == "end" and whole.text == saved["content"]
 
 
-def test_cancelling_a_finished_reply_is_409_and_a_second_cancel_is_harmless(session, carol, scripted_model):
-    client, token = session
+def test_cancelling_a_finished_reply_is_409_and_a_second_cancel_is_harmless(contract_session, carol, scripted_model):
+    client, token = contract_session
     chat_id = new_chat(client, token)
     done = send(client, token, chat_id, carol)
     message_id = done.events[0]["messageId"]
@@ -177,9 +180,9 @@ def test_cancelling_a_queued_reply_ends_it_before_any_worker_runs_it(live_stack,
     assert live_stack.redis().xlen(f"{live_stack.key_prefix}{queued.id}") == 2
 
 
-def test_the_same_idempotency_key_returns_the_same_reply_and_generates_it_once(session, carol, scripted_model):
+def test_the_same_idempotency_key_returns_the_same_reply_and_generates_it_once(contract_session, carol, scripted_model):
     script = slow(scripted_model, count=10)
-    client, token = session
+    client, token = contract_session
     chat_id = new_chat(client, token)
     key = {"Idempotency-Key": "send-42"}
     first = send(client, token, chat_id, carol, "Hello?", headers=key, stop_after=2)
@@ -194,9 +197,9 @@ def test_the_same_idempotency_key_returns_the_same_reply_and_generates_it_once(s
     assert Chat.objects.get(id=chat_id).messages.count() == 2
 
 
-def test_a_send_while_a_reply_is_running_is_409_with_the_running_reply(session, carol, scripted_model):
+def test_a_send_while_a_reply_is_running_is_409_with_the_running_reply(contract_session, carol, scripted_model):
     slow(scripted_model, count=30, delay=0.05)
-    client, token = session
+    client, token = contract_session
     chat_id = new_chat(client, token)
     running = send(client, token, chat_id, carol, stop_after=1)
     refused = send(client, token, chat_id, carol, "another")
@@ -206,8 +209,8 @@ def test_a_send_while_a_reply_is_running_is_409_with_the_running_reply(session, 
     assert Chat.objects.get(id=chat_id).messages.count() == 2
 
 
-def test_regenerate_streams_a_sibling_reply_to_the_same_question(session, carol, scripted_model):
-    client, token = session
+def test_regenerate_streams_a_sibling_reply_to_the_same_question(contract_session, carol, scripted_model):
+    client, token = contract_session
     chat_id = new_chat(client, token)
     first = send(client, token, chat_id, carol, "Question?")
     old_id = first.events[0]["messageId"]
@@ -306,3 +309,25 @@ def test_a_reply_that_runs_past_its_time_limit_ends_with_a_timeout_error(session
     assert received.events[-1]["error"] == "timeout" and received.events[-1]["retryable"] is True
     message = Message.objects.get(id=received.events[0]["messageId"])
     assert message.status == "failed" and message.content == received.text != ""
+
+
+def test_the_watchdog_queues_again_a_reply_whose_worker_vanished_before_any_text(live_stack, session, scripted_model):
+    client, token = session
+    chat = Chat.objects.get(id=new_chat(client, token))
+    long_ago = timezone.now() - timedelta(seconds=30)
+    question = Message.objects.create(chat=chat, role="user", content="Hi", created_at=long_ago)
+    reply = Message.objects.create(
+        chat=chat, role="assistant", status="streaming", model_id="scripted", parent=question,
+        created_at=long_ago, started_at=long_ago,
+    )  # fmt: skip
+    start = {"type": "start", "messageId": str(reply.id)}
+    old_ms = int(long_ago.timestamp() * 1000)
+    live_stack.redis().xadd(
+        f"{live_stack.key_prefix}{reply.id}", {"type": "start", "data": json.dumps(start)}, id=f"{old_ms}-0"
+    )
+
+    stream = resume(client, str(chat.id), str(reply.id))
+    assert stream.types == ["start", "content", "content", "content", "content", "end"]
+    assert_exactly_once_in_order(stream.ids)
+    reply.refresh_from_db()
+    assert reply.status == "completed" and reply.content == "Hello, world!" == stream.text

@@ -1,0 +1,276 @@
+"""The event bus under `chats.events`: append-only streams of entries, plus small flags with a lifetime.
+
+Two backends behind one interface:
+- `RedisBus` (full mode): Redis Streams (XADD, XRANGE, XREAD) and keys with a TTL, shared by every web and
+  worker process;
+- `MemoryBus` (embedded mode, `CHATSITE_EMBEDDED`): the same semantics inside one process, for a chatsite
+  that runs with no Redis at all.
+
+Entry ids are `"<ms>-<seq>"` strings, increasing within a stream, as in Redis. Each entry's fields are a
+`dict[str, str]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import redis
+
+Entry = tuple[str, dict[str, str]]
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int]:
+    """`"<ms>-<seq>"` -> `(ms, seq)`, for comparing stream entry ids.
+
+    Raises:
+        ValueError: when `entry_id` is not of that form.
+    """
+    ms, sep, seq = entry_id.partition("-")
+    if not (sep and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"not a stream entry id: {entry_id!r}")
+    return int(ms), int(seq)
+
+
+class EventBus(ABC):
+    """Streams and flags, shared by whoever publishes and reads a reply's events."""
+
+    @abstractmethod
+    def append(
+        self,
+        stream: str,
+        fields: dict[str, str],
+        *,
+        entry_id: str | None = None,
+        maxlen: int,
+        expire_seconds: float | None = None,
+        check_flag: str | None = None,
+    ) -> tuple[str | None, bool]:
+        """Append an entry to `stream` (ids chosen by the bus when `entry_id` is None).
+
+        `expire_seconds` gives the whole stream a lifetime from now. Returns `(entry_id, flag_set)`: the id
+        is None when `entry_id` was refused for not being above the stream's last entry; `flag_set` tells
+        whether the flag `check_flag` exists (checked in the same round trip).
+        """
+
+    @abstractmethod
+    def entries(self, stream: str, start: str = "-", end: str = "+") -> list[Entry]:
+        """The entries from `start` to `end` (ids, inclusive; `-` and `+` for the ends), oldest first."""
+
+    @abstractmethod
+    def newest(self, stream: str) -> Entry | None:
+        """The last entry of `stream`, or None when the stream does not exist."""
+
+    @abstractmethod
+    def delete(self, *keys: str) -> None:
+        """Remove streams or flags."""
+
+    @abstractmethod
+    def set_flag(self, key: str, value: str, seconds: float, *, only_if_absent: bool = False) -> bool:
+        """Set a flag that disappears after `seconds`; with `only_if_absent`, only if it is not set.
+
+        Returns whether the flag was set.
+        """
+
+    @abstractmethod
+    def flag(self, key: str) -> str | None:
+        """The flag's value, or None when it is not set (or has expired)."""
+
+    @abstractmethod
+    async def read(self, stream: str, after: str, *, count: int, block_seconds: float) -> list[Entry]:
+        """Wait up to `block_seconds` for entries after the id `after`; return up to `count` (maybe none)."""
+
+
+class RedisBus(EventBus):
+    """The bus on Redis: streams are Redis Streams, flags are keys with a TTL.
+
+    Args:
+        client: a blocking client (with retries, for the worker's writes).
+        async_client: returns the asyncio client of the running event loop.
+
+    Every method may raise `redis.RedisError` when Redis cannot be reached.
+    """
+
+    def __init__(self, client: redis.Redis, async_client) -> None:
+        self.client = client
+        self.async_client = async_client
+
+    def append(self, stream, fields, *, entry_id=None, maxlen, expire_seconds=None, check_flag=None):
+        pipe = self.client.pipeline(transaction=expire_seconds is not None)
+        pipe.xadd(stream, fields, id=entry_id or "*", maxlen=maxlen, approximate=True)
+        if expire_seconds is not None:
+            pipe.expire(stream, int(expire_seconds))
+        if check_flag:
+            pipe.exists(check_flag)
+        results = pipe.execute(raise_on_error=False)
+        if isinstance(results[0], redis.ResponseError):
+            if "equal or smaller" not in str(results[0]):
+                raise results[0]
+            return None, bool(check_flag and results[-1])
+        return results[0], bool(check_flag and results[-1])
+
+    def entries(self, stream, start="-", end="+"):
+        return self.client.xrange(stream, start, end)
+
+    def newest(self, stream):
+        found = self.client.xrevrange(stream, count=1)
+        return found[0] if found else None
+
+    def delete(self, *keys):
+        if keys:
+            self.client.delete(*keys)
+
+    def set_flag(self, key, value, seconds, *, only_if_absent=False):
+        return bool(self.client.set(key, value, px=max(1, int(seconds * 1000)), nx=only_if_absent))
+
+    def flag(self, key):
+        return self.client.get(key)
+
+    async def read(self, stream, after, *, count, block_seconds):
+        response = await self.async_client().xread(
+            {stream: after}, count=count, block=max(1, int(block_seconds * 1000))
+        )
+        return response[0][1] if response else []
+
+
+@dataclass
+class _Stream:
+    entries: list[tuple[tuple[int, int], str, dict[str, str]]] = field(default_factory=list)
+    expires_at: float | None = None
+    waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
+
+    @property
+    def top(self) -> tuple[int, int]:
+        return self.entries[-1][0] if self.entries else (0, 0)
+
+
+class MemoryBus(EventBus):
+    """The bus inside one process: for embedded mode, where web and generation share a process.
+
+    Thread-safe: workers append from threads, readers wait on the event loop. Streams and flags expire like
+    their Redis counterparts; expired ones are dropped when touched and by `purge()`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: dict[str, _Stream] = {}
+        self._flags: dict[str, tuple[str, float]] = {}
+
+    def _stream(self, key: str, create: bool = False) -> _Stream | None:
+        stream = self._streams.get(key)
+        if stream is not None and stream.expires_at is not None and stream.expires_at <= time.monotonic():
+            del self._streams[key]
+            stream = None
+        if stream is None and create:
+            stream = self._streams[key] = _Stream()
+        return stream
+
+    def append(self, stream, fields, *, entry_id=None, maxlen, expire_seconds=None, check_flag=None):
+        with self._lock:
+            flag_set = bool(check_flag and self._flag(check_flag) is not None)
+            target = self._stream(stream, create=True)
+            top = target.top
+            if entry_id is not None:
+                wanted = parse_entry_id(entry_id)
+                if wanted <= top:
+                    return None, flag_set
+            else:
+                now = time.time_ns() // 1_000_000
+                wanted = (now, 0) if now > top[0] else (top[0], top[1] + 1)
+            new_id = f"{wanted[0]}-{wanted[1]}"
+            target.entries.append((wanted, new_id, dict(fields)))
+            if len(target.entries) > maxlen:
+                del target.entries[: len(target.entries) - maxlen]
+            if expire_seconds is not None:
+                target.expires_at = time.monotonic() + expire_seconds
+            for loop, event in list(target.waiters):
+                loop.call_soon_threadsafe(event.set)
+            return new_id, flag_set
+
+    def _after(self, stream: _Stream | None, after: tuple[int, int], count: int) -> list[Entry]:
+        if stream is None:
+            return []
+        found = [(entry_id, dict(fields)) for key, entry_id, fields in stream.entries if key > after]
+        return found[:count]
+
+    def entries(self, stream, start="-", end="+"):
+        low = (0, 0) if start == "-" else parse_entry_id(start)
+        high = (2**63, 2**63) if end == "+" else parse_entry_id(end)
+        with self._lock:
+            target = self._stream(stream)
+            if target is None:
+                return []
+            return [(entry_id, dict(fields)) for key, entry_id, fields in target.entries if low <= key <= high]
+
+    def newest(self, stream):
+        with self._lock:
+            target = self._stream(stream)
+            if target is None or not target.entries:
+                return None
+            _, entry_id, fields = target.entries[-1]
+            return entry_id, dict(fields)
+
+    def delete(self, *keys):
+        with self._lock:
+            for key in keys:
+                self._streams.pop(key, None)
+                self._flags.pop(key, None)
+
+    def _flag(self, key: str) -> str | None:
+        found = self._flags.get(key)
+        if found is None:
+            return None
+        if found[1] <= time.monotonic():
+            del self._flags[key]
+            return None
+        return found[0]
+
+    def set_flag(self, key, value, seconds, *, only_if_absent=False):
+        with self._lock:
+            if only_if_absent and self._flag(key) is not None:
+                return False
+            self._flags[key] = (value, time.monotonic() + seconds)
+            return True
+
+    def flag(self, key):
+        with self._lock:
+            return self._flag(key)
+
+    async def read(self, stream, after, *, count, block_seconds):
+        after_key = parse_entry_id(after)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block_seconds
+        while True:
+            event = asyncio.Event()
+            with self._lock:
+                target = self._stream(stream, create=True)
+                found = self._after(target, after_key, count)
+                if found:
+                    return found
+                waiter = (loop, event)
+                target.waiters.add(waiter)
+            try:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except TimeoutError:
+                    return []
+            finally:
+                with self._lock:
+                    target.waiters.discard(waiter)
+
+    def purge(self) -> None:
+        """Drop expired streams and flags (the watchdog calls this in embedded mode)."""
+        now = time.monotonic()
+        with self._lock:
+            for key, stream in list(self._streams.items()):
+                expired = stream.expires_at is not None and stream.expires_at <= now
+                if (expired or not stream.entries) and not stream.waiters:
+                    del self._streams[key]
+            for key in [k for k, (_, until) in self._flags.items() if until <= now]:
+                del self._flags[key]

@@ -1,0 +1,73 @@
+"""Embedded mode (`CHATSITE_EMBEDDED`): everything in the web process, no Redis, no Celery.
+
+Replies are generated on a thread pool (`CHATSITE_EMBEDDED_WORKERS` threads) instead of Celery workers, their
+events go through the in-memory bus (`chats.bus.MemoryBus`), and the watchdog runs on a timer thread. The
+code that generates a reply is the same `pipelines.runner.run_reply` a Celery worker runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import connections
+
+from chats.bus import MemoryBus
+
+logger = logging.getLogger(__name__)
+
+_executor: ThreadPoolExecutor | None = None
+_watchdog: threading.Thread | None = None
+_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(settings.CHATSITE_EMBEDDED_WORKERS, thread_name_prefix="reply")
+        return _executor
+
+
+def _generate(message_id: str) -> None:
+    from pipelines.runner import run_reply
+
+    try:
+        run_reply(message_id)
+    except Exception:
+        logger.exception("reply %s failed in the embedded worker", message_id)
+    finally:
+        connections.close_all()  # this thread's connection goes back (to the pool, on PostgreSQL)
+
+
+def submit(message_id: str) -> None:
+    """Generate the reply `message_id` on the embedded thread pool."""
+    _pool().submit(_generate, message_id)
+
+
+def _watch() -> None:
+    from chats.events import bus
+    from pipelines.runner import end_lost_replies
+
+    stop = threading.Event()
+    while not stop.wait(settings.CHATSITE_WATCHDOG_SECONDS):
+        try:
+            end_lost_replies()
+            event_bus = bus()
+            if isinstance(event_bus, MemoryBus):
+                event_bus.purge()
+        except Exception:
+            logger.exception("embedded watchdog failed")
+        finally:
+            connections.close_all()
+
+
+def start() -> None:
+    """Start the watchdog thread (once). Replies left `streaming` by a previous run end as `worker_lost`."""
+    global _watchdog
+    with _lock:
+        if _watchdog is None:
+            _watchdog = threading.Thread(target=_watch, name="watchdog", daemon=True)
+            _watchdog.start()
