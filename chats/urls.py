@@ -4,6 +4,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
 from chats import api
+from pipelines import api as pipelines_api
 
 urlpatterns = [
     path("auth/csrf", api.CsrfView.as_view(), name="api-csrf"),
@@ -28,5 +29,7 @@ urlpatterns = [
         api.RegenerateView.as_view(),
         name="api-message-regenerate",
     ),
+    path("workflows", pipelines_api.WorkflowListView.as_view(), name="api-workflows"),
+    path("workflows/<str:workflow_id>", pipelines_api.WorkflowDetailView.as_view(), name="api-workflow"),
     path("schema", SpectacularAPIView.as_view(), name="api-schema"),
 ]
