@@ -28,8 +28,17 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+# Browser libraries (marked, DOMPurify) from the npm registry, pinned by package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The browser tests drive Debian's Chromium (a browser download is impossible here).
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+install: $(VENV)/.installed node_modules/.installed
+install-dev: install $(VENV)/.installed-dev /usr/bin/chromium
 
 # Full mode (Redis answers): daphne, a Celery worker and beat (Procfile). Embedded mode (no Redis, or
 # CHATSITE_EMBEDDED=1): daphne alone, generating replies on a thread pool.
@@ -47,6 +56,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest
+	@echo "Screenshots from the browser tests: $(CURDIR)/var/screenshots/"
 
 lint: install-dev
 	$(BIN)/ruff check .

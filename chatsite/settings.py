@@ -121,13 +121,22 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing folder
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # Browser libraries from npm (package.json; `make` runs npm ci): never copied into the repository.
+    ("vendor/marked", BASE_DIR / "node_modules" / "marked" / "lib"),
+    ("vendor/dompurify", BASE_DIR / "node_modules" / "dompurify" / "dist"),
+]
 # Serve from the app folders directly, so that `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login"
+# Whether people may create their own accounts at /signup (otherwise staff create them in the admin).
+CHATSITE_ALLOW_SIGNUP = env.bool("CHATSITE_ALLOW_SIGNUP", default=False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["chats.auth.SessionAuthentication"],

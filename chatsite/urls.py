@@ -1,9 +1,26 @@
-"""Top-level routes: the JSON API under /api/, the admin console under /admin/."""
+"""Top-level routes: the browser pages, the JSON API under /api/, the admin console under /admin/."""
 
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from chats import views
+
 urlpatterns = [
+    path("", views.chat_page, name="chat-home"),
+    path("c/<str:chat_id>", views.chat_page, name="chat-page"),
+    path(
+        "login",
+        auth_views.LoginView.as_view(
+            template_name="chats/login.html",
+            redirect_authenticated_user=True,
+            extra_context={"allow_signup": settings.CHATSITE_ALLOW_SIGNUP},
+        ),
+        name="login",
+    ),
+    path("logout", auth_views.LogoutView.as_view(), name="logout"),
+    path("signup", views.signup, name="signup"),
     path("admin/", admin.site.urls),
     path("api/", include("chats.urls")),
 ]

@@ -1,0 +1,552 @@
+// The chat page: a sidebar of chats, the open chat's messages, a composer; everything through the JSON API.
+// Replies stream in over fetch + SSE, rendered as sanitised Markdown as they arrive; a reply interrupted by
+// the network is resumed from its last event id.
+import { readEvents } from "./sse.js";
+import { renderMarkdown } from "./markdown.js";
+
+const boot = JSON.parse(document.getElementById("boot").textContent);
+const $ = (id) => document.getElementById(id);
+const ui = {
+  app: $("app"),
+  sidebar: $("sidebar"),
+  toggle: $("toggle-sidebar"),
+  chatList: $("chat-list"),
+  newChat: $("new-chat"),
+  title: $("chat-title"),
+  renameButton: $("rename-chat"),
+  renameForm: $("rename-form"),
+  renameInput: $("rename-input"),
+  renameCancel: $("rename-cancel"),
+  deleteButton: $("delete-chat"),
+  modelPicker: $("model-picker"),
+  workflowPicker: $("workflow-picker"),
+  messages: $("messages"),
+  empty: $("empty-state"),
+  composer: $("composer"),
+  prompt: $("prompt"),
+  send: $("send"),
+  stop: $("stop"),
+  announce: $("announce"),
+};
+
+const state = { chats: [], chat: null, running: null };
+const RESUME_ATTEMPTS = 5;
+
+// --- API -------------------------------------------------------------------------------------------------
+
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `The server answered ${status}.`);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+async function request(method, path, body, extraHeaders = {}) {
+  const headers = { Accept: "application/json", ...extraHeaders };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
+  return fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+}
+
+async function api(method, path, body) {
+  const response = await request(method, path, body);
+  if (response.status === 401) {
+    window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
+    throw new ApiError(401, { message: "Your session has ended." });
+  }
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+function announce(text) {
+  ui.announce.textContent = text;
+}
+
+// --- Sidebar ---------------------------------------------------------------------------------------------
+
+async function loadChats() {
+  const page = await api("GET", "/api/chats");
+  state.chats = page.results;
+  renderChatList();
+}
+
+function renderChatList() {
+  ui.chatList.replaceChildren(
+    ...state.chats.map((chat) => {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = `/c/${chat.id}`;
+      link.textContent = chat.title || "Untitled chat";
+      link.dataset.chatId = chat.id;
+      if (state.chat && state.chat.id === chat.id) link.setAttribute("aria-current", "page");
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        openChat(chat.id, { push: true });
+        setSidebar(false);
+      });
+      item.append(link);
+      return item;
+    }),
+  );
+}
+
+function setSidebar(open) {
+  ui.app.classList.toggle("sidebar-open", open);
+  ui.toggle.setAttribute("aria-expanded", String(open));
+}
+
+// --- Pickers ---------------------------------------------------------------------------------------------
+
+async function loadPickers() {
+  const [models, workflows] = await Promise.all([api("GET", "/api/models"), api("GET", "/api/workflows")]);
+  ui.modelPicker.replaceChildren(
+    ...models.results.map((model) => new Option(model.name, model.id)),
+  );
+  const active = workflows.results.filter((workflow) => workflow.isActive);
+  ui.workflowPicker.replaceChildren(
+    new Option("None", ""),
+    ...active.map((workflow) => new Option(workflow.shared ? `${workflow.name} (shared)` : workflow.name, workflow.id)),
+  );
+}
+
+function selectIfPresent(select, value) {
+  if (value && [...select.options].some((option) => option.value === value)) select.value = value;
+}
+
+// --- Messages --------------------------------------------------------------------------------------------
+
+function showEmpty(show) {
+  ui.empty.hidden = !show;
+}
+
+function messageElement(role) {
+  const element = document.createElement("article");
+  element.className = `message ${role}`;
+  const who = document.createElement("div");
+  who.className = "who-said";
+  who.textContent = role === "user" ? "You" : "Assistant";
+  const body = document.createElement("div");
+  body.className = "body";
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  if (role === "assistant") {
+    const generating = document.createElement("span");
+    generating.className = "generating-label";
+    generating.textContent = "Generating…";
+    meta.append(generating);
+  }
+  element.append(who, body, meta);
+  ui.messages.append(element);
+  showEmpty(false);
+  return element;
+}
+
+function addUserMessage(text) {
+  const element = messageElement("user");
+  // What people type is shown as typed: text, never markup.
+  element.querySelector(".body").textContent = text;
+  return element;
+}
+
+/** A reply being shown: collects deltas, renders at most once per frame, shows its outcome. */
+class ReplyView {
+  constructor(element) {
+    this.element = element || messageElement("assistant");
+    this.body = this.element.querySelector(".body");
+    this.meta = this.element.querySelector(".meta");
+    this.text = "";
+    this.pending = false;
+  }
+
+  append(delta) {
+    this.text += delta;
+    if (!this.pending) {
+      this.pending = true;
+      requestAnimationFrame(() => {
+        this.pending = false;
+        renderMarkdown(this.body, this.text);
+        scrollToEnd();
+      });
+    }
+  }
+
+  setText(text) {
+    this.text = text;
+    renderMarkdown(this.body, text);
+  }
+
+  generating(on) {
+    this.element.classList.toggle("generating", on);
+    this.element.setAttribute("aria-busy", String(on));
+  }
+
+  finish({ usage, finishReason, status }) {
+    this.generating(false);
+    renderMarkdown(this.body, this.text);
+    const parts = [];
+    if (usage) parts.push(`${usage.promptTokens} prompt + ${usage.completionTokens} completion tokens`);
+    if (finishReason === "cancelled" || status === "cancelled") parts.push("stopped");
+    else if (finishReason === "length") parts.push("cut at the length limit");
+    this.addMeta(parts.join(" · "));
+  }
+
+  fail(code, message) {
+    this.generating(false);
+    renderMarkdown(this.body, this.text);
+    const error = document.createElement("div");
+    error.className = "error";
+    error.setAttribute("role", "alert");
+    error.textContent = `${message} (${code})`;
+    this.body.after(error);
+  }
+
+  addMeta(text) {
+    if (!text) return;
+    const span = document.createElement("span");
+    span.className = "usage";
+    span.textContent = text;
+    this.meta.append(span);
+  }
+}
+
+function scrollToEnd() {
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+function renderSaved(message) {
+  if (message.role === "user") {
+    addUserMessage(message.content);
+    return null;
+  }
+  const view = new ReplyView();
+  view.element.dataset.messageId = message.id;
+  view.setText(message.content);
+  if (message.status === "failed" && message.error) view.fail(message.error.code, message.error.message);
+  else if (message.status === "completed" || message.status === "cancelled") view.finish(message);
+  return view;
+}
+
+// --- Streaming -------------------------------------------------------------------------------------------
+
+function setRunning(running) {
+  state.running = running;
+  ui.send.hidden = Boolean(running);
+  ui.stop.hidden = !running;
+  ui.send.disabled = Boolean(running);
+}
+
+/** Read a reply's SSE response into `view`; resume from the last event id if the connection drops. */
+async function followReply(response, view, chatId) {
+  let lastId = null;
+  let messageId = view.element.dataset.messageId || null;
+  setRunning({ messageId, view });
+  view.generating(true);
+  for (let attempt = 0; ; attempt += 1) {
+    let ended = false;
+    try {
+      for await (const event of readEvents(response)) {
+        const data = JSON.parse(event.data);
+        if (event.id) lastId = event.id;
+        if (data.type === "start") {
+          messageId = data.messageId;
+          view.element.dataset.messageId = messageId;
+          state.running = { messageId, view };
+        } else if (data.type === "content") {
+          view.append(data.delta);
+        } else if (data.type === "end") {
+          view.finish(data);
+          ended = true;
+          announce("The reply is complete.");
+        } else if (data.type === "error") {
+          view.fail(data.error, data.message);
+          ended = true;
+          announce(`The reply failed: ${data.message}`);
+        }
+        if (ended) break;
+      }
+    } catch (error) {
+      console.warn("stream interrupted", error);
+    }
+    if (ended || !messageId || attempt >= RESUME_ATTEMPTS || (state.chat && state.chat.id !== chatId)) break;
+    // The connection dropped before the end: the reply goes on in the worker, so pick it up again.
+    await new Promise((resolve) => setTimeout(resolve, 500 * (attempt + 1)));
+    response = await request("GET", `/api/chats/${chatId}/messages/${messageId}/stream`, undefined, {
+      Accept: "text/event-stream",
+      ...(lastId ? { "Last-Event-ID": lastId } : {}),
+    });
+    if (!response.ok) break;
+  }
+  view.generating(false);
+  if (state.running && state.running.view === view) setRunning(null);
+  addRegenerate();
+}
+
+async function streamInto(view, method, path, body, chatId) {
+  const response = await request(method, path, body, { Accept: "text/event-stream" });
+  if (!response.ok) {
+    const data = await response.json().catch(() => ({}));
+    if (response.status === 409 && data.error === "reply_in_progress") {
+      view.element.remove();
+      await attachRunning(chatId, data.messageId);
+      return;
+    }
+    view.fail(data.error || `http_${response.status}`, data.message || "The message could not be sent.");
+    return;
+  }
+  await followReply(response, view, chatId);
+}
+
+async function attachRunning(chatId, messageId) {
+  const shown = [...ui.messages.querySelectorAll(".message.assistant")].find(
+    (element) => element.dataset.messageId === messageId,
+  );
+  const view = new ReplyView(shown);
+  view.element.dataset.messageId = messageId;
+  view.setText(""); // the stream replays the reply from its start
+  const response = await request("GET", `/api/chats/${chatId}/messages/${messageId}/stream`, undefined, {
+    Accept: "text/event-stream",
+  });
+  if (response.ok) await followReply(response, view, chatId);
+}
+
+async function sendMessage(text) {
+  let chat = state.chat;
+  if (!chat) {
+    chat = await api("POST", "/api/chats", {
+      modelId: ui.modelPicker.value,
+      workflowId: ui.workflowPicker.value || null,
+    });
+    state.chat = chat;
+    history.pushState({}, "", `/c/${chat.id}`);
+    showChatControls(true);
+  }
+  removeRegenerate();
+  addUserMessage(text);
+  const view = new ReplyView();
+  view.generating(true);
+  scrollToEnd();
+  const refresh = state.chat.title ? null : setTimeout(() => refreshChat(chat.id), 300);
+  await streamInto(
+    view,
+    "POST",
+    `/api/chats/${chat.id}/messages/stream`,
+    {
+      content: text,
+      modelId: ui.modelPicker.value,
+      userId: boot.userId,
+      workflowId: ui.workflowPicker.value || null,
+    },
+    chat.id,
+  );
+  if (refresh) await refreshChat(chat.id);
+}
+
+async function refreshChat(chatId) {
+  const chat = await api("GET", `/api/chats/${chatId}`);
+  if (state.chat && state.chat.id === chat.id) {
+    state.chat = chat;
+    ui.title.textContent = chat.title || "Untitled chat";
+    document.title = `${ui.title.textContent} · chatsite`;
+  }
+  await loadChats();
+}
+
+// --- Regenerate ------------------------------------------------------------------------------------------
+
+function removeRegenerate() {
+  document.querySelectorAll(".regenerate").forEach((button) => button.remove());
+}
+
+function addRegenerate() {
+  removeRegenerate();
+  const replies = ui.messages.querySelectorAll(".message.assistant");
+  const last = replies[replies.length - 1];
+  if (!last || !last.dataset.messageId || state.running) return;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link regenerate";
+  button.textContent = "Regenerate";
+  button.addEventListener("click", async () => {
+    removeRegenerate();
+    const view = new ReplyView();
+    const chatId = state.chat.id;
+    await streamInto(view, "POST", `/api/chats/${chatId}/messages/${last.dataset.messageId}/regenerate`, {
+      modelId: ui.modelPicker.value,
+    }, chatId);
+  });
+  last.querySelector(".meta").append(button);
+}
+
+// --- Opening, renaming, deleting chats -------------------------------------------------------------------
+
+function showChatControls(on) {
+  ui.renameButton.disabled = !on;
+  ui.deleteButton.disabled = !on;
+}
+
+function newChat({ push } = {}) {
+  state.chat = null;
+  ui.title.textContent = "New chat";
+  document.title = "chatsite";
+  ui.messages.replaceChildren(ui.empty);
+  showEmpty(true);
+  showChatControls(false);
+  if (push) history.pushState({}, "", "/");
+  renderChatList();
+  ui.prompt.focus();
+}
+
+async function openChat(chatId, { push } = {}) {
+  let chat;
+  try {
+    chat = await api("GET", `/api/chats/${chatId}`);
+  } catch (error) {
+    if (error.status === 403 || error.status === 404) {
+      window.location.assign(`/c/${chatId}`); // the server's page says why
+      return;
+    }
+    throw error;
+  }
+  state.chat = chat;
+  if (push) history.pushState({}, "", `/c/${chat.id}`);
+  ui.title.textContent = chat.title || "Untitled chat";
+  document.title = `${ui.title.textContent} · chatsite`;
+  selectIfPresent(ui.modelPicker, chat.modelId);
+  ui.workflowPicker.value = chat.workflowId || "";
+  showChatControls(true);
+  renderChatList();
+  const page = await api("GET", `/api/chats/${chat.id}/messages`);
+  ui.messages.replaceChildren(ui.empty);
+  showEmpty(page.results.length === 0);
+  let running = null;
+  for (const message of page.results) {
+    renderSaved(message);
+    if (message.role === "assistant" && (message.status === "queued" || message.status === "streaming")) {
+      running = message;
+    }
+  }
+  scrollToEnd();
+  if (running) await attachRunning(chat.id, running.id);
+  else addRegenerate();
+}
+
+function startRename() {
+  ui.renameInput.value = state.chat.title;
+  ui.title.hidden = true;
+  ui.renameForm.hidden = false;
+  ui.renameInput.focus();
+  ui.renameInput.select();
+}
+
+function endRename() {
+  ui.renameForm.hidden = true;
+  ui.title.hidden = false;
+  ui.renameButton.focus();
+}
+
+async function saveRename(event) {
+  event.preventDefault();
+  const title = ui.renameInput.value.trim();
+  if (title) {
+    state.chat = await api("PATCH", `/api/chats/${state.chat.id}`, { title });
+    ui.title.textContent = state.chat.title;
+    await loadChats();
+    announce("Chat renamed.");
+  }
+  endRename();
+}
+
+async function deleteChat() {
+  if (!state.chat || !window.confirm(`Delete “${state.chat.title || "Untitled chat"}” and all its messages?`)) return;
+  await api("DELETE", `/api/chats/${state.chat.id}`);
+  state.chats = state.chats.filter((chat) => chat.id !== state.chat.id);
+  newChat({ push: true });
+  announce("Chat deleted.");
+}
+
+// --- Wiring ----------------------------------------------------------------------------------------------
+
+ui.composer.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = ui.prompt.value;
+  if (!text.trim() || state.running) return;
+  if (text.length > boot.maxMessageChars) {
+    announce(`Messages can be at most ${boot.maxMessageChars} characters.`);
+    return;
+  }
+  ui.prompt.value = "";
+  try {
+    await sendMessage(text);
+  } catch (error) {
+    ui.prompt.value = text; // nothing is lost: the text goes back into the composer
+    announce(error.message);
+  }
+});
+
+ui.prompt.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.composer.requestSubmit();
+  }
+});
+
+ui.stop.addEventListener("click", async () => {
+  if (!state.running || !state.running.messageId || !state.chat) return;
+  ui.stop.disabled = true;
+  try {
+    await api("POST", `/api/chats/${state.chat.id}/messages/${state.running.messageId}/cancel`);
+  } catch (error) {
+    if (error.status !== 409) announce(error.message);
+  } finally {
+    ui.stop.disabled = false;
+  }
+});
+
+ui.newChat.addEventListener("click", () => {
+  newChat({ push: true });
+  setSidebar(false);
+});
+ui.toggle.addEventListener("click", () => setSidebar(!ui.app.classList.contains("sidebar-open")));
+ui.renameButton.addEventListener("click", startRename);
+ui.renameForm.addEventListener("submit", saveRename);
+ui.renameCancel.addEventListener("click", endRename);
+ui.renameInput.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") endRename();
+});
+ui.deleteButton.addEventListener("click", deleteChat);
+ui.modelPicker.addEventListener("change", () => {
+  if (state.chat) api("PATCH", `/api/chats/${state.chat.id}`, { modelId: ui.modelPicker.value });
+});
+ui.workflowPicker.addEventListener("change", () => {
+  if (state.chat) api("PATCH", `/api/chats/${state.chat.id}`, { workflowId: ui.workflowPicker.value || null });
+});
+window.addEventListener("popstate", () => {
+  const match = window.location.pathname.match(/^\/c\/([^/]+)$/);
+  if (match) openChat(match[1]);
+  else newChat();
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && ui.app.classList.contains("sidebar-open")) setSidebar(false);
+});
+
+async function start() {
+  await Promise.all([loadPickers(), loadChats()]);
+  if (boot.chatId) await openChat(boot.chatId);
+  else newChat();
+  document.body.dataset.ready = "true";
+  document.body.dataset.readyMs = String(Math.round(performance.now()));
+}
+
+start().catch((error) => announce(error.message));
