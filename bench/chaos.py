@@ -140,6 +140,8 @@ async def read_stream(http: httpx.AsyncClient, method: str, path: str, client: C
             client.error = (await source.response.aread()).decode()[:200]
             return
         async for sse in source.aiter_sse():
+            if not sse.data:
+                continue  # a `: ping` after an event: httpx-sse reports it with the remembered id, no data
             event = sse.json()
             ids.append(sse.id)
             if event["type"] == "start":

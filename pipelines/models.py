@@ -15,6 +15,7 @@ class ModelConfig(models.Model):
 
     class Provider(models.TextChoices):
         LLAMA_CPP = "llama_cpp", "Local GGUF model (llama.cpp)"
+        OPENAI = "openai", "OpenAI-compatible server"
         SCRIPTED = "scripted", "Scripted (deterministic tests)"
 
     model_id = models.CharField(
@@ -67,6 +68,9 @@ class Workflow(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     system_prompt = models.TextField(blank=True, default="")
+    # The typed steps (pipelines.steps): validated on save by the API and the admin. Empty means the
+    # classic pair: the system prompt above, then one generate step with the settings below.
+    steps = models.JSONField(default=list, blank=True)
     model = models.ForeignKey(
         ModelConfig,
         null=True,
@@ -90,3 +94,28 @@ class Workflow(models.Model):
     @property
     def is_shared(self) -> bool:
         return self.owner_id is None
+
+
+class Connector(models.Model):
+    """A database that `sql` steps and the `sql_query` tool may read (PostgreSQL).
+
+    The database URL is never stored: `url_env` names the environment variable that holds it.
+    """
+
+    name = models.SlugField(max_length=100, unique=True, help_text="How workflows and the sql_query tool name it.")
+    description = models.TextField(blank=True, default="", help_text="What it holds (shown to the model).")
+    url_env = models.CharField(
+        max_length=100,
+        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name, such as SALES_DB_URL.")],
+        help_text="Name of the environment variable holding the database URL (never the URL itself).",
+    )
+    statement_timeout_ms = models.PositiveIntegerField(default=5000, help_text="Milliseconds one query may run.")
+    max_rows = models.PositiveIntegerField(default=200, help_text="Most rows a query returns.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

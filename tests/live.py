@@ -213,6 +213,10 @@ def read_sse(
             received.body = source.response.read()
             return received
         for sse in source.iter_sse():
+            if not sse.data:
+                # httpx-sse remembers the last id across events, so it reports a `: ping` comment that follows
+                # an event as an event with no data; the SSE spec dispatches nothing for it.
+                continue
             received.events.append(sse.json())
             received.ids.append(sse.id)
             received.arrived.append(time.time())

@@ -17,22 +17,41 @@ if TYPE_CHECKING:
     from pipelines.models import ModelConfig
 
 
-class ChatMessage(TypedDict):
-    """One message of a prompt, as OpenAI's chat format has it: role `system`, `user` or `assistant`."""
+class ChatMessage(TypedDict, total=False):
+    """One message of a prompt, in OpenAI's chat format.
+
+    `role` is `system`, `user`, `assistant` or `tool`. An assistant message that called tools has
+    `tool_calls`: `[{"id", "type": "function", "function": {"name", "arguments"}}]`; each answer to a call is a
+    `tool` message with `tool_call_id` and the result as `content` (JSON text).
+    """
 
     role: str
     content: str
+    tool_calls: list[dict]
+    tool_call_id: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A complete tool call the model asked for: `id` (the callId), tool `name`, and `arguments` as the JSON
+    text the model wrote (it may be invalid: the tool layer checks it)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class ChatDelta:
     """One step of a provider's stream.
 
-    `text` is the next piece of the reply (may be empty). The last delta carries `finish_reason`
-    (`stop`: the model ended its answer; `length`: it hit `max_tokens`) and the token usage.
+    `text` is the next piece of the reply (may be empty). `tool_calls` carries tool calls once each is complete.
+    The last delta carries `finish_reason` (`stop`: the model ended its answer; `length`: it hit
+    `max_tokens`; `tool_calls`: it wants the results of its tool calls) and the token usage.
     """
 
     text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -55,19 +74,36 @@ class GenerationError(Exception):
 
 
 class Provider(ABC):
-    """Streams chat completions from one configured model."""
+    """Streams chat completions from one configured model.
+
+    `supports_tools` says whether `stream_chat` honours `tools`; a provider that does not ignores them.
+    """
+
+    supports_tools: bool = False
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
 
     @abstractmethod
-    def stream_chat(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> Iterator[ChatDelta]:
+    def stream_chat(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+    ) -> Iterator[ChatDelta]:
         """Generate a reply to `messages`, yielding deltas as the model produces them.
 
         Args:
             messages: the prompt, oldest first; at most one leading `system` message.
             max_tokens: the most tokens to generate.
             temperature: sampling temperature, 0 (deterministic) to 2.
+            tools: tools the model may call, in OpenAI's format
+                (`[{"type": "function", "function": {"name", "description", "parameters"}}]`).
+            tool_choice: `"auto"` (the default), `"none"`, `"required"`, or
+                `{"type": "function", "function": {"name": ...}}` to force one tool (OpenAI's meaning).
 
         Raises:
             GenerationError: for failures a user should hear about (unreachable server, bad model file...).
