@@ -11,6 +11,9 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # cached native wheel would break on any other CPU.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
+# The demo sales database that the seeded "SQL analyst" workflow reads (manage.py seed_demo_database).
+export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
+
 .PHONY: run test lint format install install-dev chaos clean
 
 $(BIN)/python:
@@ -45,6 +48,7 @@ install-dev: install $(VENV)/.installed-dev /usr/bin/chromium
 run: install
 	$(BIN)/python manage.py migrate --no-input
 	@$(BIN)/python manage.py ensure_demo_user
+	@$(BIN)/python manage.py seed_demo_database || echo "(The SQL analyst workflow needs that database; chat works without it.)"
 	@echo "chatsite: http://$${CHATSITE_HOST:-127.0.0.1}:$${CHATSITE_PORT:-8000}/  (API under /api/, admin at /admin/)"
 	@if $(BIN)/python manage.py chatsite_mode; then \
 		$(BIN)/honcho start; \

@@ -190,9 +190,11 @@ def do_finish_reply(
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
     error: dict | None = None,
+    tool_calls: list[dict] | None = None,
     from_statuses: tuple[str, ...] = (Message.Status.STREAMING,),
 ) -> bool:
-    """Save a reply's outcome in one UPDATE: content, usage, finish reason, error, status, completion time.
+    """Save a reply's outcome in one UPDATE: content, usage, finish reason, error, tool calls (with their
+    results), status, completion time.
 
     Only a reply still in one of `from_statuses` is changed, so a reply that was ended elsewhere (cancelled,
     or failed by a watchdog) keeps that outcome.
@@ -207,6 +209,7 @@ def do_finish_reply(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         error=error,
+        tool_calls=tool_calls or [],
         completed_at=timezone.now(),
     )
     return bool(updated)

@@ -7,14 +7,11 @@ row that records the same outcome has been saved.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.utils import timezone
 
@@ -23,116 +20,17 @@ from chats.actions import (
     do_claim_reply,
     do_end_lost_reply,
     do_end_reply_from_stream,
-    do_finish_reply,
     do_reclaim_reply,
     do_requeue_reply,
     enqueue_reply,
 )
 from chats.events import EventPublisher, Heartbeat, StreamClosed
 from chats.models import Message
-from pipelines.models import ModelConfig
-from pipelines.providers.base import ChatMessage, GenerationError, Provider, get_provider
+from pipelines.generation import ReplyGeneration, branch_history, build_prompt
+
+__all__ = ["branch_history", "build_prompt", "end_lost_replies", "fail_unstarted_reply", "run_reply"]
 
 logger = logging.getLogger(__name__)
-
-# Tokens a chat template adds around each message (role markers, separators); a safe upper bound.
-MESSAGE_OVERHEAD_TOKENS = 8
-
-
-@dataclass
-class ReplyPlan:
-    """Everything needed to generate one reply."""
-
-    config: ModelConfig
-    provider: Provider
-    messages: list[ChatMessage]
-    max_tokens: int
-    temperature: float
-
-
-def branch_history(message: Message) -> list[Message]:
-    """The messages a reply answers: its chain of parents, oldest first (the reply itself excluded).
-
-    Loads the chat's messages in one query and walks the `parent` links in memory, so a reply made by
-    regenerate or edit sees only its own branch of the conversation.
-    """
-    rows = {
-        m.id: m
-        for m in Message.objects.filter(chat_id=message.chat_id).only("id", "parent_id", "role", "content", "status")
-    }
-    chain: list[Message] = []
-    current = rows.get(message.parent_id)
-    while current is not None and len(chain) < len(rows):
-        chain.append(current)
-        current = rows.get(current.parent_id)
-    chain.reverse()
-    return chain
-
-
-def build_prompt(
-    system_prompt: str, history: list[Message], provider: Provider, *, context_window: int, max_tokens: int
-) -> list[ChatMessage]:
-    """Turn a branch into prompt messages that fit the model's context window.
-
-    Keeps the system prompt and the newest message; drops the oldest turns until the prompt plus
-    `max_tokens` fits in `context_window` tokens. Assistant turns that produced no text are left out.
-
-    Raises:
-        GenerationError: `prompt_too_long` when the system prompt and the newest message alone do not fit.
-    """
-    turns: list[ChatMessage] = [
-        {"role": m.role, "content": m.content}
-        for m in history
-        if m.role in (Message.Role.USER, Message.Role.ASSISTANT) and m.content
-    ]
-    system: list[ChatMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    budget = context_window - max_tokens
-
-    def cost(msg: ChatMessage) -> int:
-        return provider.count_tokens(msg["content"]) + MESSAGE_OVERHEAD_TOKENS
-
-    used = sum(cost(m) for m in system)
-    kept: list[ChatMessage] = []
-    for turn in reversed(turns):
-        if used + cost(turn) > budget:
-            break
-        used += cost(turn)
-        kept.append(turn)
-    if turns and not kept:
-        raise GenerationError(
-            "prompt_too_long",
-            f"The message is too long for this model: it needs about {used + cost(turns[-1])} tokens and the "
-            f"model's window leaves {budget} for the prompt. Shorten it or pick a model with a larger window.",
-        )
-    kept.reverse()
-    return system + kept
-
-
-def plan_reply(message: Message) -> ReplyPlan:
-    """Choose the model, settings and prompt for a claimed reply.
-
-    Raises:
-        GenerationError: `model_unavailable` when its model is gone or disabled; `prompt_too_long`.
-    """
-    config = ModelConfig.objects.filter(model_id=message.model_id, is_active=True).first()
-    if config is None:
-        raise GenerationError(
-            "model_unavailable", f"The model '{message.model_id}' is no longer available. Pick another model."
-        )
-    workflow = message.workflow
-    max_tokens = (workflow and workflow.max_tokens) or config.default_max_tokens
-    temperature = config.default_temperature
-    if workflow and workflow.temperature is not None:
-        temperature = workflow.temperature
-    provider = get_provider(config)
-    prompt = build_prompt(
-        workflow.system_prompt if workflow else "",
-        branch_history(message),
-        provider,
-        context_window=config.context_window,
-        max_tokens=max_tokens,
-    )
-    return ReplyPlan(config, provider, prompt, max_tokens, temperature)
 
 
 def run_reply(message_id: str, publisher: EventPublisher | None = None) -> str | None:
@@ -196,66 +94,12 @@ def take_over_reply(message_id: str, publisher: EventPublisher) -> tuple[Message
 
 def _generate(message: Message, publisher: EventPublisher, start_published: bool) -> str | None:
     message_id = str(message.id)
-    parts: list[str] = []
     try:
         if not start_published:
             publisher.publish(message_id, start_event_for(message))
-        plan = plan_reply(message)
-        if events.cancel_requested(message_id):
-            return _finish_cancelled(publisher, message_id, plan, parts)
-        finish_reason, prompt_tokens, completion_tokens = "stop", 0, 0
-        stream = plan.provider.stream_chat(plan.messages, max_tokens=plan.max_tokens, temperature=plan.temperature)
-        try:
-            for delta in stream:
-                if delta.text:
-                    parts.append(delta.text)
-                    if publisher.publish(message_id, events.content_event(delta.text)).cancel_requested:
-                        stream.close()  # let go of the model before counting tokens with it
-                        return _finish_cancelled(publisher, message_id, plan, parts)
-                if delta.finish_reason:
-                    finish_reason = delta.finish_reason
-                if delta.prompt_tokens is not None:
-                    prompt_tokens = delta.prompt_tokens
-                if delta.completion_tokens is not None:
-                    completion_tokens = delta.completion_tokens
-        finally:
-            stream.close()
-        if do_finish_reply(
-            message_id,
-            status=Message.Status.COMPLETED,
-            content="".join(parts),
-            finish_reason=finish_reason,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        ):
-            publisher.publish(
-                message_id,
-                events.end_event(
-                    message_id=message_id,
-                    finish_reason=finish_reason,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                ),
-            )
-            return Message.Status.COMPLETED
-        return None
     except StreamClosed:
-        logger.info("reply %s was ended elsewhere; stopping", message_id)
         return None
-    except GenerationError as exc:
-        return _fail(publisher, message_id, "".join(parts), exc.code, exc.message, exc.retryable)
-    except SoftTimeLimitExceeded:
-        return _fail(publisher, message_id, "".join(parts), "timeout", "The reply took too long and was stopped.", True)
-    except Exception:
-        logger.exception("reply %s failed", message_id)
-        return _fail(
-            publisher,
-            message_id,
-            "".join(parts),
-            "internal_error",
-            "The reply could not be generated because of an error on our side.",
-            True,
-        )
+    return ReplyGeneration(message, publisher).run()
 
 
 def start_event_for(message: Message) -> events.Event:
@@ -267,44 +111,6 @@ def start_event_for(message: Message) -> events.Event:
         model=message.model_id,
         workflow_id=str(message.workflow_id) if message.workflow_id else None,
     )
-
-
-def _finish_cancelled(publisher: EventPublisher, message_id: str, plan: ReplyPlan, parts: list[str]) -> str | None:
-    content = "".join(parts)
-    # The provider never reached its usage report: count what was sent and what was written.
-    prompt_tokens = sum(plan.provider.count_tokens(m["content"]) for m in plan.messages)
-    completion_tokens = plan.provider.count_tokens(content) if content else 0
-    if not do_finish_reply(
-        message_id,
-        status=Message.Status.CANCELLED,
-        content=content,
-        finish_reason="cancelled",
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-    ):
-        return None
-    with contextlib.suppress(StreamClosed):
-        publisher.publish(
-            message_id,
-            events.end_event(
-                message_id=message_id,
-                finish_reason="cancelled",
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-            ),
-        )
-    return Message.Status.CANCELLED
-
-
-def _fail(
-    publisher: EventPublisher, message_id: str, content: str, code: str, text: str, retryable: bool
-) -> str | None:
-    error = {"code": code, "message": text, "retryable": retryable}
-    if not do_finish_reply(message_id, status=Message.Status.FAILED, content=content, error=error):
-        return None
-    with contextlib.suppress(StreamClosed):
-        publisher.publish(message_id, events.error_event(code=code, message=text, retryable=retryable))
-    return Message.Status.FAILED
 
 
 def fail_unstarted_reply(message_id: str, *, code: str, message: str, retryable: bool = True) -> None:

@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from pipelines.access import usable_models
 from pipelines.models import ModelConfig, Workflow
+from pipelines.steps import validate_steps
 
 
 class WorkflowSerializer(serializers.ModelSerializer):
@@ -17,6 +18,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
     maxTokens = serializers.IntegerField(
         source="max_tokens", required=False, allow_null=True, min_value=1, max_value=100000
     )
+    steps = serializers.JSONField(required=False, help_text="Typed steps; see pipelines.steps.")
     isActive = serializers.BooleanField(source="is_active", required=False)
     shared = serializers.BooleanField(source="is_shared", read_only=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
@@ -25,11 +27,14 @@ class WorkflowSerializer(serializers.ModelSerializer):
     class Meta:
         model = Workflow
         fields = [
-            "id", "name", "description", "systemPrompt", "modelId", "temperature", "maxTokens", "isActive",
-            "shared", "createdAt", "updatedAt",
+            "id", "name", "description", "systemPrompt", "steps", "modelId", "temperature", "maxTokens",
+            "isActive", "shared", "createdAt", "updatedAt",
         ]  # fmt: skip
         read_only_fields = ["id"]
         extra_kwargs = {"description": {"required": False, "max_length": 2000}}
+
+    def validate_steps(self, value: object) -> list[dict]:
+        return validate_steps(value)
 
     def get_fields(self):
         fields = super().get_fields()

@@ -182,3 +182,27 @@ def session(live_stack, carol):
     client, token = login(live_stack.base_url, carol.username, E2E_PASSWORD)
     yield client, token
     client.close()
+
+
+@pytest.fixture
+def sql_analyst(db, monkeypatch):
+    """The seeded shared "SQL analyst" workflow, its demo connector, and the demo sales database.
+
+    Recreated here because transactional tests empty the tables the data migration filled.
+    """
+    import importlib
+    import os
+
+    from django.core.management import call_command
+
+    from pipelines.models import Connector
+
+    seed = importlib.import_module("pipelines.migrations.0004_sql_analyst")
+    monkeypatch.setenv(
+        "CHATSITE_DEMO_DATABASE_URL",
+        os.environ.get("CHATSITE_DEMO_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatsite_demo"),
+    )
+    call_command("seed_demo_database")
+    Connector.objects.get_or_create(name="demo", defaults={"url_env": "CHATSITE_DEMO_DATABASE_URL"})
+    workflow, _ = Workflow.objects.get_or_create(owner=None, name="SQL analyst", defaults={"steps": seed.STEPS})
+    return workflow

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from chats.models import Chat, Message
-from tests.live import entry_key, new_chat, send
+from tests.live import entry_key, new_chat, read_sse, send
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -101,3 +101,30 @@ def test_the_message_list_shows_the_finished_reply(contract_session, carol, scri
     ]
     assert messages[1]["usage"] == {"promptTokens": 1, "completionTokens": 4}
     assert datetime.fromisoformat(messages[1]["completedAt"]) <= datetime.now(UTC)
+
+
+def test_the_sql_analyst_workflow_streams_its_steps_and_a_summary_from_smollm2(
+    contract_session, carol, smollm2, sql_analyst
+):
+    client, token = contract_session
+    chat_id = new_chat(client, token)
+    body = {
+        "content": "Which product sold the most?",
+        "modelId": "smollm2-135m",
+        "userId": str(carol.id),
+        "workflowId": str(sql_analyst.id),
+    }
+    received = read_sse(client, "POST", f"/api/chats/{chat_id}/messages/stream", token=token, json=body)
+    steps = [(e["step"], e["state"]) for e in received.events if e["type"] == "step"]
+    assert steps == [
+        ("system_prompt", "started"), ("system_prompt", "finished"),
+        ("rewrite_query", "started"), ("rewrite_query", "finished"),
+        ("sql", "started"), ("sql", "finished"),
+        ("generate", "started"), ("generate", "finished"),
+    ]  # fmt: skip
+    sql_done = next(
+        e for e in received.events if e["type"] == "step" and e["step"] == "sql" and e["state"] == "finished"
+    )
+    assert sql_done["rowCount"] == 16
+    assert received.types[-1] == "end" and received.text.strip()
+    assert received.events[0]["workflowId"] == str(sql_analyst.id)

@@ -81,7 +81,17 @@ class LlamaCppProvider(Provider):
         path = Path(self.config.provider_model) if self.config.provider_model else embedded_model_path()
         return load_model(path, self.config.context_window)
 
-    def stream_chat(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> Iterator[ChatDelta]:
+    def stream_chat(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+    ) -> Iterator[ChatDelta]:
+        # SmolLM2's chat template has no tool calls (`supports_tools` is False): `tools` is ignored, and the
+        # generate step tells the user the model answered without them.
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         llama, lock = self._model()
@@ -96,7 +106,7 @@ class LlamaCppProvider(Provider):
                 bos_token=llama._model.token_get_text(bos_id) if bos_id != -1 else "",
                 stop_token_ids=[eos_id],
             )
-            rendered = formatter(messages=list(messages))
+            rendered = formatter(messages=[m for m in messages if m["role"] != "tool"])
             prompt = llama.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
             if len(prompt) + 1 >= llama.n_ctx():
                 raise GenerationError(

@@ -6,26 +6,63 @@ Its behaviour comes from `ModelConfig.options`:
 - `first_delay` (seconds, float): an extra pause before the first delta, as a model reading a long prompt;
 - `fail_after` (int): raise a `GenerationError` after emitting this many deltas;
 - `crash_after` (int): raise a plain `RuntimeError` (an unexpected bug) after this many deltas;
-- `finish_reason` (str): reported at the end (default `stop`).
+- `finish_reason` (str): reported at the end (default `stop`);
+- `echo_prompt` (bool): write the prompt it was given (JSON of the messages) instead of the script, so that
+  tests can see what a workflow sent;
+- `tool_rounds` (list of lists of `{"name", "arguments"}`): when tools are offered, the first calls ask for
+  the first round's tool calls, the next for the second round's, and so on (counted from the tool-calling
+  assistant messages after the last user message); then the script is written as usual.
 Usage counts one token per whitespace-separated word of the prompt, one per delta of the reply.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
-from pipelines.providers.base import ChatDelta, ChatMessage, GenerationError, Provider
+from pipelines.providers.base import ChatDelta, ChatMessage, GenerationError, Provider, ToolCall
 
 DEFAULT_SCRIPT = ["Hello", " from", " the", " scripted", " provider", "."]
 
 
 class ScriptedProvider(Provider):
-    """Emits `options["script"]` as deltas, with optional delays and failures."""
+    """Emits `options["script"]` as deltas, with optional delays, failures and tool calls."""
 
-    def stream_chat(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float) -> Iterator[ChatDelta]:
+    supports_tools = True
+
+    def stream_chat(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+    ) -> Iterator[ChatDelta]:
         options = self.config.options or {}
+        rounds = options.get("tool_rounds") or []
+        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+        done = sum(1 for m in messages[last_user + 1 :] if m["role"] == "assistant" and m.get("tool_calls"))
+        if tools and done < len(rounds):
+            calls = tuple(
+                ToolCall(
+                    id=f"call_{done}_{i}",
+                    name=call["name"],
+                    arguments=call["arguments"]
+                    if isinstance(call["arguments"], str)
+                    else json.dumps(call["arguments"]),
+                )
+                for i, call in enumerate(rounds[done])
+            )
+            prompt_tokens = sum(self.count_tokens(m.get("content") or "") for m in messages)
+            yield ChatDelta(
+                tool_calls=calls, finish_reason="tool_calls", prompt_tokens=prompt_tokens, completion_tokens=1
+            )
+            return
         script = list(options.get("script", DEFAULT_SCRIPT))
+        if options.get("echo_prompt"):
+            script = [json.dumps(messages)]
         delay = float(options.get("delay", 0))
         first_delay = float(options.get("first_delay", 0))
         fail_after = options.get("fail_after")
@@ -33,7 +70,7 @@ class ScriptedProvider(Provider):
         finish_reason = options.get("finish_reason", "stop")
         if len(script) > max_tokens:
             script, finish_reason = script[:max_tokens], "length"
-        prompt_tokens = sum(self.count_tokens(m["content"]) for m in messages)
+        prompt_tokens = sum(self.count_tokens(m.get("content") or "") for m in messages)
         if first_delay:
             time.sleep(first_delay)
         for index, piece in enumerate(script):

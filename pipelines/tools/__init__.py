@@ -46,6 +46,7 @@ class Tool:
 
 
 _registry: dict[str, Tool] = {}
+_builtins_loaded = False
 
 
 def register(tool: Tool) -> Tool:
@@ -61,8 +62,11 @@ def _load_builtins() -> None:
 
 def registry() -> dict[str, Tool]:
     """Every registered tool by name."""
-    if not _registry:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        # A flag, not "is the registry empty": importing one tool module first must not hide the others.
         _load_builtins()
+        _builtins_loaded = True
     return dict(_registry)
 
 

@@ -30,6 +30,12 @@ const ui = {
 };
 
 const state = { chats: [], chat: null, running: null };
+const STEP_LABELS = {
+  system_prompt: "Instructions",
+  rewrite_query: "Rewriting the question",
+  sql: "Querying the database",
+  generate: "Writing the answer",
+};
 const RESUME_ATTEMPTS = 5;
 
 // --- API -------------------------------------------------------------------------------------------------
@@ -187,6 +193,51 @@ class ReplyView {
     renderMarkdown(this.body, text);
   }
 
+  /** A workflow step's progress, shown above the reply (`step` events). */
+  step(data) {
+    let list = this.element.querySelector(".steps");
+    if (!list) {
+      list = document.createElement("ol");
+      list.className = "steps";
+      list.setAttribute("aria-label", "Workflow steps");
+      this.body.before(list);
+    }
+    let item = list.querySelector(`[data-index="${data.index}"]`);
+    if (!item) {
+      item = document.createElement("li");
+      item.dataset.index = data.index;
+      list.append(item);
+    }
+    const label = STEP_LABELS[data.step] || data.step;
+    const state = { started: "…", finished: "done", failed: "failed" }[data.state] || data.state;
+    item.className = `step ${data.state}`;
+    item.textContent = `${label}: ${state}${data.note ? ` (${data.note})` : ""}`;
+  }
+
+  /** A tool call and, later, its result (`tool_call`, `tool_result` events or a saved message's toolCalls). */
+  tool(data) {
+    let box = this.element.querySelector(`details.tool[data-call-id="${CSS.escape(data.callId)}"]`);
+    if (!box) {
+      box = document.createElement("details");
+      box.className = "tool";
+      box.dataset.callId = data.callId;
+      const summary = document.createElement("summary");
+      const args = document.createElement("pre");
+      args.className = "tool-args";
+      box.append(summary, args);
+      this.body.before(box);
+    }
+    box.querySelector("summary").textContent = `Tool: ${data.toolName}`;
+    if ("toolArgs" in data) box.querySelector(".tool-args").textContent = JSON.stringify(data.toolArgs, null, 2);
+    if ("result" in data || "error" in data) {
+      const out = box.querySelector(".tool-result") || document.createElement("pre");
+      out.className = "tool-result";
+      out.textContent = data.error ? `Error: ${data.error}` : JSON.stringify(data.result, null, 2);
+      box.append(out);
+      box.querySelector("summary").textContent = `Tool: ${data.toolName} ${data.error ? "(failed)" : "(done)"}`;
+    }
+  }
+
   generating(on) {
     this.element.classList.toggle("generating", on);
     this.element.setAttribute("aria-busy", String(on));
@@ -232,6 +283,7 @@ function renderSaved(message) {
   }
   const view = new ReplyView();
   view.element.dataset.messageId = message.id;
+  for (const call of message.toolCalls || []) view.tool(call);
   view.setText(message.content);
   if (message.status === "failed" && message.error) view.fail(message.error.code, message.error.message);
   else if (message.status === "completed" || message.status === "cancelled") view.finish(message);
@@ -265,6 +317,10 @@ async function followReply(response, view, chatId) {
           state.running = { messageId, view };
         } else if (data.type === "content") {
           view.append(data.delta);
+        } else if (data.type === "step") {
+          view.step(data);
+        } else if (data.type === "tool_call" || data.type === "tool_result") {
+          view.tool(data);
         } else if (data.type === "end") {
           view.finish(data);
           ended = true;

@@ -1,0 +1,476 @@
+"""Generate one claimed reply: run its workflow's steps, stream its events, call tools, save the outcome.
+
+`ReplyGeneration.run()` is what a worker (or an embedded thread) does for one reply once `pipelines.runner`
+has claimed it. Steps run in order (see `pipelines.steps`); a workflow with explicit steps reports each one
+with `step` events (`started`, `finished`, `failed`). The `generate` step streams `content` events, and when
+the model asks for tools it streams `tool_call` then `tool_result` for each call, feeds the results back,
+and asks again, up to the step's round limit. The outcome is saved in one write, then the terminal event
+(`end` or `error`) is published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from chats import events
+from chats.actions import do_finish_reply
+from chats.events import EventPublisher, StreamClosed
+from chats.models import Message
+from pipelines.models import Connector, ModelConfig
+from pipelines.providers.base import ChatMessage, GenerationError, Provider, ToolCall, get_provider
+from pipelines.tools import ToolContext, registry, run_tool
+
+logger = logging.getLogger(__name__)
+
+# Tokens a chat template adds around each message (role markers, separators); a safe upper bound.
+MESSAGE_OVERHEAD_TOKENS = 8
+# Rows of an sql step's result shown to the model.
+SQL_CONTEXT_ROWS = 50
+DEFAULT_REWRITE_INSTRUCTIONS = (
+    "Rewrite the user's last question as one short, self-contained question. Answer with the question only."
+)
+
+
+class Cancelled(Exception):
+    """The user stopped the reply."""
+
+
+def branch_history(message: Message) -> list[Message]:
+    """The messages a reply answers: its chain of parents, oldest first (the reply itself excluded).
+
+    Loads the chat's messages in one query and walks the `parent` links in memory, so a reply made by
+    regenerate or edit sees only its own branch of the conversation.
+    """
+    rows = {
+        m.id: m
+        for m in Message.objects.filter(chat_id=message.chat_id).only(
+            "id", "parent_id", "role", "content", "status", "tool_calls"
+        )
+    }
+    chain: list[Message] = []
+    current = rows.get(message.parent_id)
+    while current is not None and len(chain) < len(rows):
+        chain.append(current)
+        current = rows.get(current.parent_id)
+    chain.reverse()
+    return chain
+
+
+def _turn_messages(message: Message, with_tools: bool) -> list[ChatMessage]:
+    """One history message as prompt messages: a reply that called tools becomes its calls, their results,
+    then its text (OpenAI's order), when the provider takes tools."""
+    if message.role == Message.Role.USER:
+        return [{"role": "user", "content": message.content}] if message.content else []
+    if message.role != Message.Role.ASSISTANT:
+        return []
+    turn: list[ChatMessage] = []
+    calls = [c for c in (message.tool_calls or []) if c.get("callId")]
+    if with_tools and calls:
+        turn.append(
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": c["callId"],
+                        "type": "function",
+                        "function": {"name": c["toolName"], "arguments": json.dumps(c.get("toolArgs", {}))},
+                    }
+                    for c in calls
+                ],
+            }
+        )
+        for c in calls:
+            outcome = {"error": c["error"]} if "error" in c else {"result": c.get("result")}
+            turn.append({"role": "tool", "tool_call_id": c["callId"], "content": json.dumps(outcome, default=str)})
+    if message.content:
+        turn.append({"role": "assistant", "content": message.content})
+    return turn
+
+
+def build_prompt(
+    system_prompt: str,
+    history: list[Message],
+    provider: Provider,
+    *,
+    context_window: int,
+    max_tokens: int,
+    question: str | None = None,
+    with_tools: bool = False,
+) -> list[ChatMessage]:
+    """Turn a branch into prompt messages that fit the model's context window.
+
+    Keeps the system prompt and the newest message (replaced by `question` when given: a rewritten question,
+    with any step context); drops the oldest turns until the prompt plus `max_tokens` fits in
+    `context_window` tokens. Replies that produced no text (and no tool calls) are left out.
+
+    Raises:
+        GenerationError: `prompt_too_long` when the system prompt and the newest message alone do not fit.
+    """
+    units = [_turn_messages(m, with_tools) for m in history]
+    units = [u for u in units if u]
+    if question is not None and units and units[-1][0]["role"] == "user":
+        units[-1] = [{"role": "user", "content": question}]
+    system: list[ChatMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    budget = context_window - max_tokens
+
+    def cost(messages: list[ChatMessage]) -> int:
+        return sum(provider.count_tokens(m.get("content") or "") + MESSAGE_OVERHEAD_TOKENS for m in messages)
+
+    used = cost(system)
+    kept: list[list[ChatMessage]] = []
+    for unit in reversed(units):
+        if used + cost(unit) > budget:
+            break
+        used += cost(unit)
+        kept.append(unit)
+    if units and not kept:
+        raise GenerationError(
+            "prompt_too_long",
+            f"The message is too long for this model: it needs about {used + cost(units[-1])} tokens and the "
+            f"model's window leaves {budget} for the prompt. Shorten it or pick a model with a larger window.",
+        )
+    kept.reverse()
+    return system + [m for unit in kept for m in unit]
+
+
+def _model(model_id: str) -> ModelConfig:
+    config = ModelConfig.objects.filter(model_id=model_id, is_active=True).first()
+    if config is None:
+        raise GenerationError(
+            "model_unavailable", f"The model '{model_id}' is no longer available. Pick another model."
+        )
+    return config
+
+
+class _SafeFormat(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def render_system_prompt(text: str, *, user_name: str, now: datetime) -> str:
+    """Replace `{date}`, `{time}`, `{weekday}` and `{user_name}` in `text`; leave other braces alone."""
+    values = _SafeFormat(
+        date=now.date().isoformat(), time=now.strftime("%H:%M"), weekday=now.strftime("%A"), user_name=user_name
+    )
+    try:
+        return text.format_map(values)
+    except (ValueError, IndexError):
+        return text  # stray braces: the text is used as written
+
+
+def sql_context(connector: str, result: dict[str, Any]) -> str:
+    """An sql step's result as text for the model: columns, then up to SQL_CONTEXT_ROWS rows."""
+    lines = [f"Result of the SQL query on '{connector}' ({result['rowCount']} rows):", " | ".join(result["columns"])]
+    lines += [" | ".join("" if v is None else str(v) for v in row) for row in result["rows"][:SQL_CONTEXT_ROWS]]
+    if result.get("truncated") or len(result["rows"]) > SQL_CONTEXT_ROWS:
+        lines.append("(more rows not shown)")
+    return "\n".join(lines)
+
+
+@dataclass
+class ReplyGeneration:
+    """Everything that happens to one claimed reply, from its steps to its saved outcome."""
+
+    message: Message
+    publisher: EventPublisher
+    parts: list[str] = field(default_factory=list)
+    tool_records: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    last_provider: Provider | None = None
+    last_prompt: list[ChatMessage] = field(default_factory=list)
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message.id)
+
+    # --- events ----------------------------------------------------------------------------------------
+
+    def publish(self, event: events.Event) -> None:
+        """Publish a non-terminal event.
+
+        Raises:
+            Cancelled: a cancel was requested.
+        """
+        if self.publisher.publish(self.message_id, event).cancel_requested:
+            raise Cancelled
+
+    def check_cancel(self) -> None:
+        if events.cancel_requested(self.message_id):
+            raise Cancelled
+
+    # --- the whole reply -------------------------------------------------------------------------------
+
+    def run(self) -> str | None:
+        """Run the workflow and save the outcome; returns the final status (None if ended elsewhere)."""
+        workflow = self.message.workflow
+        explicit = bool(workflow and workflow.steps)
+        steps = list(workflow.steps) if explicit else [{"type": "generate"}]
+        self.system = [workflow.system_prompt] if workflow and workflow.system_prompt else []
+        self.history = branch_history(self.message)
+        self.question: str | None = None
+        self.context: list[str] = []
+        step_index, kind = 0, ""
+        try:
+            self.check_cancel()
+            for step_index, step in enumerate(steps, start=1):
+                kind = step["type"]
+                if explicit:
+                    self.publish({"type": "step", "step": kind, "state": "started", "index": step_index})
+                detail = getattr(self, f"_step_{kind}")(step, explicit, step_index)
+                if explicit:
+                    self.publish(
+                        {"type": "step", "step": kind, "state": "finished", "index": step_index, **(detail or {})}
+                    )
+                self.check_cancel()
+            return self._complete()
+        except Cancelled:
+            return self._finish_cancelled()
+        except StreamClosed:
+            logger.info("reply %s was ended elsewhere; stopping", self.message_id)
+            return None
+        except GenerationError as exc:
+            self._step_failed(explicit, kind, step_index)
+            return self._fail(exc.code, exc.message, exc.retryable)
+        except SoftTimeLimitExceeded:
+            self._step_failed(explicit, kind, step_index)
+            return self._fail("timeout", "The reply took too long and was stopped.", True)
+        except Exception:
+            logger.exception("reply %s failed", self.message_id)
+            self._step_failed(explicit, kind, step_index)
+            return self._fail(
+                "internal_error", "The reply could not be generated because of an error on our side.", True
+            )
+
+    def _step_failed(self, explicit: bool, kind: str, index: int) -> None:
+        if not (explicit and kind):
+            return
+        try:
+            self.publisher.publish(self.message_id, {"type": "step", "step": kind, "state": "failed", "index": index})
+        except Exception:
+            logger.warning("could not publish the failed step of reply %s", self.message_id)
+
+    # --- steps -----------------------------------------------------------------------------------------
+
+    def _step_system_prompt(self, step: dict, explicit: bool, index: int) -> dict | None:
+        owner = self.message.chat.owner
+        name = owner.get_full_name() or owner.get_username()
+        self.system.append(render_system_prompt(step["text"], user_name=name, now=datetime.now().astimezone()))
+        return None
+
+    def _current_question(self) -> str:
+        if self.question is not None:
+            return self.question
+        return self.history[-1].content if self.history and self.history[-1].role == Message.Role.USER else ""
+
+    def _step_rewrite_query(self, step: dict, explicit: bool, index: int) -> dict | None:
+        config = _model(step.get("model") or self.message.model_id)
+        provider = get_provider(config)
+        recent = self.history[-5:-1]
+        conversation = "\n".join(f"{m.role}: {m.content}" for m in recent if m.content)
+        prompt: list[ChatMessage] = [
+            {"role": "system", "content": step.get("instructions") or DEFAULT_REWRITE_INSTRUCTIONS},
+            {
+                "role": "user",
+                "content": (f"Conversation so far:\n{conversation}\n\n" if conversation else "")
+                + f"Question: {self._current_question()}",
+            },
+        ]
+        text: list[str] = []
+        stream = provider.stream_chat(prompt, max_tokens=step.get("max_tokens", 64), temperature=0.0)
+        try:
+            for delta in stream:
+                text.append(delta.text)
+                self._count(delta)
+        finally:
+            stream.close()
+        rewritten = " ".join("".join(text).split())
+        if rewritten:
+            self.question = rewritten
+        return {"output": self._current_question()}
+
+    def _step_sql(self, step: dict, explicit: bool, index: int) -> dict | None:
+        from pipelines.connectors import ConnectorError, run_read_query
+
+        connector = Connector.objects.filter(name=step["connector"], is_active=True).first()
+        if connector is None:
+            raise GenerationError("connector_unavailable", f"The connector '{step['connector']}' is not available.")
+        try:
+            result = run_read_query(connector, step["query"], {"text": self._current_question()})
+        except ConnectorError as exc:
+            retryable = exc.code in ("sql_timeout", "connector_unavailable")
+            raise GenerationError(exc.code, exc.message, retryable=retryable) from exc
+        self.context.append(sql_context(connector.name, result))
+        return {"rowCount": result["rowCount"], "columns": result["columns"]}
+
+    def _step_generate(self, step: dict, explicit: bool, index: int) -> dict | None:
+        workflow = self.message.workflow
+        config = _model(step.get("model") or self.message.model_id)
+        provider = get_provider(config)
+        self.last_provider = provider
+        max_tokens = step.get("max_tokens") or (workflow and workflow.max_tokens) or config.default_max_tokens
+        temperature = step.get("temperature")
+        if temperature is None:
+            temperature = workflow.temperature if workflow and workflow.temperature is not None else None
+        if temperature is None:
+            temperature = config.default_temperature
+        tool_names = step.get("tools") or []
+        detail: dict[str, Any] = {}
+        tools = [registry()[name].schema() for name in tool_names if name in registry()]
+        if tools and not provider.supports_tools:
+            # Say so (in the step's `finished` event) rather than fail: the model answers without the tools.
+            detail["note"] = f"The model '{config.model_id}' cannot call tools; it answered without them."
+            tools = []
+        question = self._current_question()
+        if self.context:
+            question = "\n\n".join(self.context) + f"\n\nQuestion: {question}"
+        prompt = build_prompt(
+            "\n\n".join(part for part in self.system if part),
+            self.history,
+            provider,
+            context_window=config.context_window,
+            max_tokens=max_tokens,
+            question=question if (self.question is not None or self.context) else None,
+            with_tools=provider.supports_tools,
+        )
+        self.last_prompt = prompt
+        rounds_left = step.get("max_tool_rounds", 3) if tools else 0
+        while True:
+            calls = self._stream_answer(provider, prompt, max_tokens, temperature, tools if rounds_left else None)
+            if not calls:
+                break
+            rounds_left -= 1
+            prompt = prompt + self._run_tools(calls)
+        return detail or None
+
+    def _count(self, delta: Any) -> None:
+        if delta.prompt_tokens is not None:
+            self.prompt_tokens += delta.prompt_tokens
+        if delta.completion_tokens is not None:
+            self.completion_tokens += delta.completion_tokens
+
+    def _stream_answer(
+        self, provider: Provider, prompt: list[ChatMessage], max_tokens: int, temperature: float, tools: list | None
+    ) -> list[ToolCall]:
+        calls: list[ToolCall] = []
+        stream = provider.stream_chat(prompt, max_tokens=max_tokens, temperature=temperature, tools=tools)
+        try:
+            for delta in stream:
+                if delta.text:
+                    self.parts.append(delta.text)
+                    self.publish(events.content_event(delta.text))
+                calls.extend(delta.tool_calls)
+                if delta.finish_reason:
+                    self.finish_reason = "stop" if delta.finish_reason == "tool_calls" else delta.finish_reason
+                self._count(delta)
+        finally:
+            stream.close()  # let go of the model before anything else uses it
+        return calls if tools else []
+
+    def _run_tools(self, calls: list[ToolCall]) -> list[ChatMessage]:
+        """Run the model's tool calls, stream them, and return the prompt messages that report them."""
+        owner = self.message.chat.owner
+        context = ToolContext(user_id=str(owner.id), user_name=owner.get_username(), message_id=self.message_id)
+        asked: ChatMessage = {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+            ],
+        }
+        answers: list[ChatMessage] = []
+        for call in calls:
+            try:
+                args: Any = json.loads(call.arguments or "{}")
+            except json.JSONDecodeError:
+                args = call.arguments
+            self.publish({"type": "tool_call", "callId": call.id, "toolName": call.name, "toolArgs": args})
+            outcome = run_tool(call.name, call.arguments, context)
+            record = {"callId": call.id, "toolName": call.name, "toolArgs": args, **outcome}
+            self.tool_records.append(record)
+            self.publish({"type": "tool_result", "callId": call.id, "toolName": call.name, **_result_fields(outcome)})
+            answers.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(outcome, default=str)})
+        return [asked, *answers]
+
+    # --- outcomes --------------------------------------------------------------------------------------
+
+    def _complete(self) -> str | None:
+        if not do_finish_reply(
+            self.message_id,
+            status=Message.Status.COMPLETED,
+            content="".join(self.parts),
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            tool_calls=self.tool_records,
+        ):
+            return None
+        self.publisher.publish(
+            self.message_id,
+            events.end_event(
+                message_id=self.message_id,
+                finish_reason=self.finish_reason,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+            ),
+        )
+        return Message.Status.COMPLETED
+
+    def _finish_cancelled(self) -> str | None:
+        content = "".join(self.parts)
+        provider = self.last_provider
+        if provider is not None and not self.completion_tokens:
+            # The provider never reached its usage report: count what was sent and what was written.
+            self.prompt_tokens = sum(provider.count_tokens(m.get("content") or "") for m in self.last_prompt)
+            self.completion_tokens = provider.count_tokens(content) if content else 0
+        if not do_finish_reply(
+            self.message_id,
+            status=Message.Status.CANCELLED,
+            content=content,
+            finish_reason="cancelled",
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            tool_calls=self.tool_records,
+        ):
+            return None
+        with contextlib.suppress(StreamClosed):
+            self.publisher.publish(
+                self.message_id,
+                events.end_event(
+                    message_id=self.message_id,
+                    finish_reason="cancelled",
+                    prompt_tokens=self.prompt_tokens,
+                    completion_tokens=self.completion_tokens,
+                ),
+            )
+        return Message.Status.CANCELLED
+
+    def _fail(self, code: str, text: str, retryable: bool) -> str | None:
+        error = {"code": code, "message": text, "retryable": retryable}
+        if not do_finish_reply(
+            self.message_id,
+            status=Message.Status.FAILED,
+            content="".join(self.parts),
+            error=error,
+            tool_calls=self.tool_records,
+        ):
+            return None
+        with contextlib.suppress(StreamClosed):
+            self.publisher.publish(self.message_id, events.error_event(code=code, message=text, retryable=retryable))
+        return Message.Status.FAILED
+
+
+def _result_fields(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A tool outcome as `tool_result` event fields: `result`, plus `error` when the tool failed."""
+    if "error" in outcome:
+        return {"result": None, "error": outcome["error"]}
+    return {"result": outcome["result"]}
