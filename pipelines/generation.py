@@ -344,8 +344,12 @@ class ReplyGeneration:
         )
         self.last_prompt = prompt
         rounds_left = step.get("max_tool_rounds", 3) if tools else 0
+        choice = step.get("tool_choice")
+        if choice and choice not in ("auto", "required"):
+            choice = {"type": "function", "function": {"name": choice}}
         while True:
-            calls = self._stream_answer(provider, prompt, max_tokens, temperature, tools if rounds_left else None)
+            offered = tools if rounds_left else None
+            calls = self._stream_answer(provider, prompt, max_tokens, temperature, offered, choice if offered else None)
             if not calls:
                 break
             rounds_left -= 1
@@ -359,10 +363,18 @@ class ReplyGeneration:
             self.completion_tokens += delta.completion_tokens
 
     def _stream_answer(
-        self, provider: Provider, prompt: list[ChatMessage], max_tokens: int, temperature: float, tools: list | None
+        self,
+        provider: Provider,
+        prompt: list[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: list | None,
+        tool_choice: str | dict | None = None,
     ) -> list[ToolCall]:
         calls: list[ToolCall] = []
-        stream = provider.stream_chat(prompt, max_tokens=max_tokens, temperature=temperature, tools=tools)
+        stream = provider.stream_chat(
+            prompt, max_tokens=max_tokens, temperature=temperature, tools=tools, tool_choice=tool_choice
+        )
         try:
             for delta in stream:
                 if delta.text:

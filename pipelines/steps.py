@@ -8,7 +8,8 @@ A workflow's `steps` is a list of objects, each with a `type`:
 - `sql`: a read-only `query` on the `connector` named (a `pipelines.Connector`); `%(text)s` in the query is
   bound to the current question; the columns and rows go to the `generate` step as context;
 - `generate`: the answer, streamed: optional `model`, `temperature` (0-2), `max_tokens`, `tools` (names from
-  the tool registry) and `max_tool_rounds` (0-10, default 3).
+  the tool registry), `max_tool_rounds` (0-10, default 3) and `tool_choice` (`auto`, `required`, or the name of
+  one of its tools to force that call while tool rounds are left: some servers call tools only when forced).
 There is exactly one `generate` step and it comes last.
 """
 
@@ -46,6 +47,7 @@ class GenerateStep(_Step):
     max_tokens = serializers.IntegerField(min_value=1, max_value=100000, required=False)
     tools = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20)
     max_tool_rounds = serializers.IntegerField(min_value=0, max_value=10, required=False, default=3)
+    tool_choice = serializers.CharField(max_length=100, required=False)
 
 
 STEP_SERIALIZERS: dict[str, type[_Step]] = {
@@ -101,6 +103,9 @@ def validate_steps(steps: Any) -> list[dict[str, Any]]:
             unknown = [name for name in data.get("tools", []) if name not in registry()]
             if unknown:
                 problems.append(f"Step {number} (generate): tools: unknown tool(s) {', '.join(unknown)}.")
+            choice = data.get("tool_choice")
+            if choice and choice not in ("auto", "required", *data.get("tools", [])):
+                problems.append(f"Step {number} (generate): tool_choice: use auto, required, or one of its tools.")
         if kind == "sql":
             if not Connector.objects.filter(name=data["connector"], is_active=True).exists():
                 problems.append(f"Step {number} (sql): connector: no active connector named '{data['connector']}'.")

@@ -142,7 +142,10 @@ def embedded_stack(django_db_setup, django_db_blocker):
     """Embedded mode: daphne alone, events in memory, no Redis reachable (its URL points nowhere)."""
     from tests.live import start_stack
 
-    stack = start_stack(_test_database_url(), "redis://127.0.0.1:1/0", embedded=True)
+    # Its watchdog would act on the full-mode stack's replies in the shared test database: keep it idle.
+    stack = start_stack(
+        _test_database_url(), "redis://127.0.0.1:1/0", embedded=True, extra_env={"CHATSITE_WATCHDOG_SECONDS": "3600"}
+    )
     yield stack
     stack.stop()
 

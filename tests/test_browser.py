@@ -254,3 +254,48 @@ def test_embedded_mode_chats_with_smollm2_in_the_browser(browser, embedded_stack
     assert last_reply(page).locator(".body").inner_text().strip()
     shot(page, "08-embedded-smollm2.png")
     page.context.close()
+
+
+def test_the_sql_analyst_workflow_from_the_picker_shows_its_steps(page, carol, smollm2, sql_analyst):
+    smollm2.default_max_tokens = 60
+    smollm2.save()
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.get_by_label("Workflow").select_option(label="SQL analyst (shared)")
+    send(page, "Which product sold the most?", model="SmolLM2 135M Instruct (local)")
+    wait_finished(page, timeout=90_000)
+    steps = last_reply(page).locator("ol.steps li")
+    assert steps.all_inner_texts() == [
+        "Instructions: done",
+        "Rewriting the question: done",
+        "Querying the database: done",
+        "Writing the answer: done",
+    ]
+    assert last_reply(page).locator(".body").inner_text().strip()
+    reply = Message.objects.get(chat__owner=carol, role="assistant")
+    assert reply.workflow_id == sql_analyst.id and reply.status == "completed"
+    shot(page, "09-sql-analyst.png")
+
+
+def test_tool_calls_show_in_the_reply(page, carol, scripted_model):
+    from pipelines.models import Workflow
+
+    Workflow.objects.create(owner=carol, name="Calculator", steps=[{"type": "generate", "tools": ["calculator"]}])
+    scripted_model.options = {
+        "script": ["The answer is 42."],
+        "tool_rounds": [[{"name": "calculator", "arguments": {"expression": "6 * 7"}}]],
+    }
+    scripted_model.save()
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.get_by_label("Workflow").select_option(label="Calculator")
+    send(page, "What is 6 times 7?")
+    wait_finished(page)
+    tool = last_reply(page).locator("details.tool")
+    assert tool.locator("summary").inner_text() == "Tool: calculator (done)"
+    tool.locator("summary").click()
+    assert '"value": 42' in tool.locator(".tool-result").inner_text()
+    shot(page, "10-tool-call.png")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert last_reply(page).locator("details.tool summary").inner_text() == "Tool: calculator (done)"

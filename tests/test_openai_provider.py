@@ -226,3 +226,39 @@ def test_count_tokens_estimates_four_characters_per_token_rounding_up():
     provider = OpenAIProvider(ModelConfig(model_id="x", provider="openai", provider_model="smollm2"))
 
     assert [provider.count_tokens(text) for text in ("", "a", "abcd", "abcde")] == [0, 1, 1, 2]
+
+
+@pytest.mark.django_db
+def test_a_workflow_reply_through_the_server_streams_matching_tool_call_and_tool_result(make_config, alice_chat):
+    """The whole runner, with a tool call forced through the real OpenAI-compatible server."""
+    import json
+
+    from chats import actions
+    from chats.events import stream_key, sync_redis
+    from pipelines.models import Workflow
+    from pipelines.runner import run_reply
+
+    config = make_config()
+    config.model_id, config.display_name, config.default_max_tokens = "local-openai", "Local server", 48
+    config.save()
+    workflow = Workflow.objects.create(
+        owner=alice_chat.owner,
+        name="Forced calculator",
+        steps=[{"type": "generate", "tools": ["calculator"], "tool_choice": "calculator", "max_tool_rounds": 1}],
+    )
+    _, reply, _ = actions.do_send_message(
+        alice_chat.owner, alice_chat, content="What is 6 times 7? Use the calculator.", model=config, workflow=workflow
+    )
+    assert run_reply(str(reply.id)) == "completed"
+    events = [json.loads(f["data"]) for _, f in sync_redis().xrange(stream_key(str(reply.id)))]
+    calls = [e for e in events if e["type"] == "tool_call"]
+    results = [e for e in events if e["type"] == "tool_result"]
+    assert len(calls) == len(results) == 1
+    assert calls[0]["callId"] and calls[0]["callId"] == results[0]["callId"]
+    assert calls[0]["toolName"] == results[0]["toolName"] == "calculator"
+    order = [e["type"] for e in events]
+    assert order.index("tool_call") < order.index("tool_result") < len(order) - 1 and order[-1] == "end"
+    reply.refresh_from_db()
+    saved = reply.tool_calls[0]
+    assert saved["callId"] == calls[0]["callId"] and saved["toolName"] == "calculator"
+    assert ("result" in saved) != ("error" in saved)  # a tiny model may write bad arguments: that is a tool_result too

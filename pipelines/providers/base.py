@@ -61,7 +61,7 @@ class GenerationError(Exception):
     """A reply cannot be produced; becomes an `error` event and a `failed` message.
 
     Args:
-        code: machine code for clients, such as `provider_error`, `provider_timeout`, `prompt_too_long`.
+        code: machine code for clients, such as `provider_error`, `timeout`, `prompt_too_long`.
         message: what went wrong, in words a person understands (never a stack trace or a secret).
         retryable: whether sending the same request again may succeed.
     """

@@ -20,7 +20,7 @@ def sample_rows() -> list[tuple]:
     start = date(2026, 1, 1)
     for i in range(120):
         product, price = PRODUCTS[i % len(PRODUCTS)]
-        region = REGIONS[(i * 7) % len(REGIONS)]
+        region = REGIONS[(i // len(PRODUCTS)) % len(REGIONS)]
         quantity = 1 + (i * 13) % 9
         rows.append((product, region, round(price * quantity, 2), start + timedelta(days=i * 3 % 300)))
     return rows
