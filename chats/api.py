@@ -31,8 +31,8 @@ from chats.serializers import (
     validate_model_id,
 )
 from chats.streaming import LastEventIdError, reply_stream_response
-from pipelines.access import usable_models
-from pipelines.models import ModelConfig
+from pipelines.access import usable_models, usable_workflows
+from pipelines.models import ModelConfig, Workflow
 
 ERROR_SHAPE = inline_serializer(
     "Error",
@@ -174,6 +174,13 @@ def stream_reply(message: Message, last_id: str | None = None) -> StreamingHttpR
         raise ValidationError({"lastEventId": [str(exc)]}) from exc
 
 
+def usable_chat_workflow(chat: Chat) -> Workflow | None:
+    """The chat's default workflow, if its owner may still run it."""
+    if chat.workflow_id is None:
+        return None
+    return usable_workflows(chat.owner).filter(id=chat.workflow_id).first()
+
+
 class MessageStreamView(APIView):
     """`POST /api/chats/<chatId>/messages/stream` (seed 004): send a message and stream the reply as SSE.
 
@@ -210,7 +217,8 @@ class MessageStreamView(APIView):
             chat,
             content=body.validated_data["content"],
             model=body.validated_data["modelId"],
-            workflow=body.validated_workflow(),
+            # No workflowId in the body: the chat's default workflow (if it is still usable).
+            workflow=body.validated_workflow() if "workflowId" in request.data else usable_chat_workflow(chat),
             idempotency_key=idempotency_key(request),
         )
         return stream_reply(reply)

@@ -267,3 +267,36 @@ def test_a_model_that_cannot_call_tools_answers_and_says_so(alice, alice_chat, s
     finished = next(e for e in events_of(reply) if e["type"] == "step" and e["state"] == "finished")
     assert "cannot call tools" in finished["note"]
     assert reply.status == "completed" and reply.content
+
+
+def test_an_unreachable_provider_fails_the_reply_clearly_and_keeps_the_question(alice_chat):
+    dead = ModelConfig.objects.create(
+        model_id="dead", display_name="Dead", provider="openai", provider_model="m",
+        base_url="http://127.0.0.1:1/v1", options={"max_retries": 0, "connect_timeout": 1},
+    )  # fmt: skip
+    reply = reply_to(alice_chat, dead, content="Anyone there?")
+    error = events_of(reply)[-1]
+    assert error["type"] == "error" and error["error"] == "provider_unavailable" and error["retryable"] is True
+    assert reply.status == "failed" and reply.error["code"] == "provider_unavailable"
+    assert reply.parent.content == "Anyone there?" and reply.parent.status == "completed"
+
+
+def test_a_send_without_workflow_id_uses_the_chats_default_workflow(
+    alice, alice_chat, echo, alice_client, django_capture_on_commit_callbacks
+):
+    workflow = Workflow.objects.create(owner=alice, name="Default", system_prompt="Chat default prompt.")
+    alice_chat.workflow = workflow
+    alice_chat.save()
+    body = {"content": "Hi", "modelId": "echo", "userId": str(alice.id)}
+    with django_capture_on_commit_callbacks(execute=False):
+        # The stream itself is not read: no worker runs here, only what the send saved is checked.
+        response = alice_client.post(f"/api/chats/{alice_chat.id}/messages/stream", body, format="json")
+        assert response.status_code == 200
+    reply = Message.objects.get(chat=alice_chat, role="assistant")
+    assert reply.workflow == workflow
+    body["workflowId"] = None  # naming no workflow explicitly overrides the default
+    reply.status = "completed"
+    reply.save()
+    with django_capture_on_commit_callbacks(execute=False):
+        assert alice_client.post(f"/api/chats/{alice_chat.id}/messages/stream", body, format="json").status_code == 200
+    assert Message.objects.filter(chat=alice_chat, role="assistant").order_by("-created_at").first().workflow is None
