@@ -67,7 +67,8 @@ def enqueue_reply(message_id: str) -> None:
         )
 
 
-def _running_reply(chat: Chat) -> Message | None:
+def running_reply(chat: Chat) -> Message | None:
+    """The chat's reply that is queued or streaming, if any."""
     return chat.messages.filter(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)).first()
 
 
@@ -102,7 +103,7 @@ def do_send_message(
                 if earlier.parent is None or earlier.parent.content != content:
                     raise IdempotencyKeyReused()
                 return earlier.parent, earlier, False
-        running = _running_reply(chat)
+        running = running_reply(chat)
         if running is not None:
             raise ReplyInProgress(running.id)
         previous = chat.messages.order_by("-created_at").first()
@@ -158,7 +159,7 @@ def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, wor
         raise ValidationError({"messageId": ["This message answers no question, so there is nothing to regenerate."]})
     with transaction.atomic():
         chat = Chat.objects.select_for_update().get(pk=chat.pk)
-        running = _running_reply(chat)
+        running = running_reply(chat)
         if running is not None:
             raise ReplyInProgress(running.id)
         reply = _create_reply(chat, question, model, workflow, timezone.now())

@@ -19,6 +19,8 @@ from chats import actions
 from chats.access import access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
+from chats.exceptions import ReplyInProgress
+from chats.limits import check_send_limits
 from chats.models import Chat, Message
 from chats.serializers import (
     ChatSerializer,
@@ -187,7 +189,8 @@ class MessageStreamView(APIView):
     Checks, in this order: 401 no session; 404 no such chat; 403 someone else's chat, or a `userId` that is
     not the caller; 400 bad body (malformed JSON, missing or empty `content`, `content` too long, unknown
     `modelId`, unknown or inaccessible `workflowId`); 409 a reply already in progress in this chat (its id in
-    `messageId`). Nothing is written unless every check passes. With an `Idempotency-Key` header already
+    `messageId`); 429 over the caller's send rate, replies in progress, or daily token quota (`Retry-After`).
+    Nothing is written unless every check passes. With an `Idempotency-Key` header already
     used on this chat, it streams the reply that key started, from the beginning, and enqueues nothing.
     """
 
@@ -212,6 +215,13 @@ class MessageStreamView(APIView):
             raise PermissionDenied("userId is not the logged-in user.")
         body = SendMessageSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
+        key = idempotency_key(request)
+        if not (key and chat.messages.filter(idempotency_key=key).exists()):
+            # A repeated send is not a new one: only new sends meet the 409 and the limits (in that order).
+            running = actions.running_reply(chat)
+            if running is not None:
+                raise ReplyInProgress(running.id)
+            check_send_limits(request, self)
         _, reply, _ = actions.do_send_message(
             request.user,
             chat,
@@ -219,7 +229,7 @@ class MessageStreamView(APIView):
             model=body.validated_data["modelId"],
             # No workflowId in the body: the chat's default workflow (if it is still usable).
             workflow=body.validated_workflow() if "workflowId" in request.data else usable_chat_workflow(chat),
-            idempotency_key=idempotency_key(request),
+            idempotency_key=key,
         )
         return stream_reply(reply)
 
@@ -289,5 +299,9 @@ class RegenerateView(APIView):
                 {"modelId": [f"The model '{message.model_id}' is no longer available; name another."]}
             )
         workflow = body.validated_data.get("workflowId", message.workflow)
+        running = actions.running_reply(chat)
+        if running is not None:
+            raise ReplyInProgress(running.id)
+        check_send_limits(request, self)
         reply = actions.do_regenerate_reply(chat, message, model=model, workflow=workflow)
         return stream_reply(reply)

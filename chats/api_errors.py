@@ -106,3 +106,20 @@ def json_server_error(request: HttpRequest) -> JsonResponse:
 def csrf_failure(request: HttpRequest, reason: str = "") -> JsonResponse:
     """CSRF_FAILURE_VIEW for Django's middleware (non-API pages)."""
     return JsonResponse(error_body("csrf_failed", f"CSRF check failed: {reason}."), status=403)
+
+
+def login_locked_out(request: HttpRequest, credentials: dict | None = None, *args: object) -> JsonResponse:
+    """django-axes' lockout response (AXES_LOCKOUT_CALLABLE): 429 in the API's error shape, with Retry-After."""
+    from django.conf import settings
+
+    hours = float(settings.AXES_COOLOFF_TIME or 0)
+    minutes = max(1, round(hours * 60))
+    response = JsonResponse(
+        error_body(
+            "login_locked",
+            f"Too many failed logins for this username from your address. Try again in {minutes} minutes.",
+        ),
+        status=429,
+    )
+    response["Retry-After"] = str(minutes * 60)
+    return response

@@ -11,6 +11,11 @@ class User(AbstractUser):
     """A person who chats. Its UUID `id` is the `userId` that clients send (seed 004)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    daily_token_quota = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most prompt + completion tokens this user's replies may use per day (UTC); empty = no quota.",
+    )
 
 
 class Chat(models.Model):
@@ -106,3 +111,45 @@ class Message(models.Model):
         if self.prompt_tokens is None and self.completion_tokens is None:
             return None
         return {"promptTokens": self.prompt_tokens or 0, "completionTokens": self.completion_tokens or 0}
+
+
+class ApiKey(models.Model):
+    """A key a program uses instead of a session: `Authorization: Bearer <key>`, no CSRF token.
+
+    Only a SHA-256 hash of the key is stored; the key itself is shown once, when it is created. A key
+    carries its owner's rights, or only reads when `read_only`.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The key's first characters, to tell keys apart.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    read_only = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class DailyUsage(models.Model):
+    """Tokens a user's replies used on one day (UTC), kept for users with a daily token quota.
+
+    A ledger of its own, so that deleting chats does not give the tokens back.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="daily_usage")
+    day = models.DateField()
+    tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "day"], name="one_usage_row_per_user_and_day")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.day}: {self.tokens} tokens"

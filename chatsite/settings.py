@@ -32,7 +32,14 @@ def _local_secret_key() -> str:
     return path.read_text().strip()
 
 
-SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret_key()
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if env.bool("CHATSITE_HTTPS", default=False):
+        # A production server must be given its key, not make one up on a disk that may not be kept.
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("SECRET_KEY must be set when CHATSITE_HTTPS=1 (production).")
+    SECRET_KEY = _local_secret_key()
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -48,6 +55,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "axes",
     "channels",
     "chats",
     "pipelines",
@@ -62,6 +71,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout response.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # django-axes first: it refuses logins for a username and address that failed too often.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -140,7 +158,7 @@ LOGOUT_REDIRECT_URL = "/login"
 CHATSITE_ALLOW_SIGNUP = env.bool("CHATSITE_ALLOW_SIGNUP", default=False)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["chats.auth.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["chats.auth.ApiKeyAuthentication", "chats.auth.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
@@ -153,9 +171,16 @@ REST_FRAMEWORK = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "chatsite API",
-    "DESCRIPTION": "Chats, messages and streamed replies (Server-Sent Events).",
+    "DESCRIPTION": (
+        "Chats, messages and streamed replies (Server-Sent Events). Session cookie + X-CSRFToken, or "
+        "`Authorization: Bearer <API key>`. Errors: `{error, message, fields?}`."
+    ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The browsable page's assets come from the drf-spectacular-sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # Redis: the Celery broker and the event bus (one Redis Stream per assistant message).
@@ -189,6 +214,21 @@ CHATSITE_STREAM_KEY_PREFIX = env.str("CHATSITE_STREAM_KEY_PREFIX", default="chat
 # Input limits.
 CHATSITE_MAX_MESSAGE_CHARS = env.int("CHATSITE_MAX_MESSAGE_CHARS", default=32000)
 CHATSITE_MAX_TITLE_CHARS = 200
+# Most earlier messages of a branch put into one prompt (the context window may allow fewer).
+CHATSITE_MAX_HISTORY_MESSAGES = env.int("CHATSITE_MAX_HISTORY_MESSAGES", default=50)
+# Largest request body, in bytes; larger ones get 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("CHATSITE_MAX_REQUEST_BYTES", default=1_048_576)
+
+# Abuse limits, checked before anything is written or enqueued.
+CHATSITE_SEND_RATE = env.str("CHATSITE_SEND_RATE", default="30/min")  # sends + regenerations per user
+CHATSITE_MAX_CONCURRENT_REPLIES = env.int("CHATSITE_MAX_CONCURRENT_REPLIES", default=3)  # per user
+# Failed logins (django-axes): the 6th bad password in a row locks the username at that address.
+AXES_FAILURE_LIMIT = env.int("CHATSITE_LOGIN_FAILURE_LIMIT", default=6)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_COOLOFF_TIME = env.float("CHATSITE_LOGIN_LOCKOUT_HOURS", default=0.25)  # hours
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chats.api_errors.login_locked_out"
+AXES_VERBOSE = False
 
 # The embedded local model (llama_cpp provider).
 CHATSITE_LLAMA_THREADS = env.int("CHATSITE_LLAMA_THREADS", default=0)  # 0 = llama.cpp decides
@@ -242,3 +282,42 @@ def _embedded_mode() -> tuple[bool, str]:
 CHATSITE_EMBEDDED, CHATSITE_MODE_REASON = _embedded_mode()
 # Embedded mode: replies are generated on this many threads of the web process.
 CHATSITE_EMBEDDED_WORKERS = env.int("CHATSITE_EMBEDDED_WORKERS", default=2)
+
+# Rate limits count in the cache: Redis in full mode, so that every web process counts together.
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        if CHATSITE_EMBEDDED
+        else {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "chatsite"}
+    )
+}
+
+# Content Security Policy for the pages (django-csp): our own scripts and styles only, no inline script.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", "https:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+
+# Production: behind a TLS-terminating proxy, set CHATSITE_HTTPS=1 (secure cookies, HSTS, redirects).
+CHATSITE_HTTPS = env.bool("CHATSITE_HTTPS", default=False)
+if CHATSITE_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("CHATSITE_SSL_REDIRECT", default=True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("CHATSITE_HSTS_SECONDS", default=31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env.bool("CHATSITE_HSTS_PRELOAD", default=True)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
