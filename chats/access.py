@@ -8,7 +8,7 @@ import uuid
 
 from rest_framework.exceptions import NotFound, PermissionDenied
 
-from chats.models import Chat, Message, User
+from chats.models import ApiKey, Chat, Message, User
 
 
 def _parse_uuid(value: str, what: str) -> uuid.UUID:
@@ -45,3 +45,18 @@ def access_message(user: User, chat_id: str, message_id: str) -> tuple[Chat, Mes
     if message is None:
         raise NotFound(f"Message {message_id} does not exist in this chat.", code="not_found")
     return chat, message
+
+
+def access_api_key(user: User, key_id: str) -> ApiKey:
+    """Return the API key `key_id` if `user` owns it.
+
+    Raises:
+        NotFound: 404 when no key has that id.
+        PermissionDenied: 403 when it belongs to another user.
+    """
+    api_key = ApiKey.objects.filter(id=_parse_uuid(key_id, "API key")).first()
+    if api_key is None:
+        raise NotFound(f"API key {key_id} does not exist.", code="not_found")
+    if api_key.owner_id != user.id:
+        raise PermissionDenied("This API key belongs to another user.", code="forbidden")
+    return api_key

@@ -6,6 +6,7 @@ claimed (`streaming`), and finished (content, usage, finish reason and status in
 
 import asyncio
 import logging
+import secrets
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -15,8 +16,9 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from chats import events
+from chats.auth import KEY_PREFIX, hash_key
 from chats.exceptions import IdempotencyKeyReused, ReplyFinished, ReplyInProgress
-from chats.models import Chat, Message, User
+from chats.models import ApiKey, Chat, Message, User
 from pipelines.models import ModelConfig, Workflow
 
 logger = logging.getLogger(__name__)
@@ -333,3 +335,20 @@ async def do_cancel_reply(message: Message) -> Message:
     if message.status != Message.Status.CANCELLED:
         raise ReplyFinished(message.status)
     return message
+
+
+def do_create_api_key(owner: User, *, name: str, read_only: bool = False) -> tuple[ApiKey, str]:
+    """Create an API key for `owner`; returns the row and the key itself, which is never stored or shown again."""
+    key = f"{KEY_PREFIX}{secrets.token_urlsafe(32)}"
+    api_key = ApiKey.objects.create(
+        owner=owner, name=name, prefix=key[: len(KEY_PREFIX) + 6], key_hash=hash_key(key), read_only=read_only
+    )
+    return api_key, key
+
+
+def do_revoke_api_key(api_key: ApiKey) -> ApiKey:
+    """Revoke a key (it stops working at once); revoking twice keeps the first time."""
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    return api_key

@@ -10,19 +10,20 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ParseError, PermissionDenied, ValidationError
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chats import actions
-from chats.access import access_chat, access_message
+from chats.access import access_api_key, access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
 from chats.exceptions import ReplyInProgress
 from chats.limits import check_send_limits
-from chats.models import Chat, Message
+from chats.models import ApiKey, Chat, Message
 from chats.serializers import (
+    ApiKeySerializer,
     ChatSerializer,
     LoginSerializer,
     MessageSerializer,
@@ -67,7 +68,8 @@ class LoginView(APIView):
         SessionAuthentication().enforce_csrf(request)
         body = LoginSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        user = authenticate(request, **body.validated_data)
+        # The Django request, not DRF's wrapper: django-axes marks a lockout on it for its middleware.
+        user = authenticate(request._request, **body.validated_data)
         if user is None:
             return Response(
                 error_body("invalid_credentials", "The username or password is wrong."),
@@ -305,3 +307,44 @@ class RegenerateView(APIView):
         check_send_limits(request, self)
         reply = actions.do_regenerate_reply(chat, message, model=model, workflow=workflow)
         return stream_reply(reply)
+
+
+class SessionOnly(BasePermission):
+    """API keys are managed from a logged-in session: a leaked key must not be able to mint more keys."""
+
+    message = "Manage API keys from a logged-in session, not with an API key."
+
+    def has_permission(self, request: Request, view: object) -> bool:
+        return bool(request.user and request.user.is_authenticated and not isinstance(request.auth, ApiKey))
+
+
+class ApiKeyListView(generics.ListCreateAPIView):
+    """`GET /api/keys` (the caller's keys, with their last use) and `POST /api/keys` (the key is shown once)."""
+
+    serializer_class = ApiKeySerializer
+    permission_classes = [SessionOnly]
+
+    def get_queryset(self):
+        return ApiKey.objects.filter(owner=self.request.user)
+
+    @extend_schema(
+        responses={201: inline_serializer("NewApiKey", {"id": serializers.UUIDField(), "key": serializers.CharField()})}
+    )
+    def post(self, request: Request) -> Response:
+        body = ApiKeySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        api_key, key = actions.do_create_api_key(
+            request.user, name=body.validated_data["name"], read_only=body.validated_data.get("read_only", False)
+        )
+        return Response({**ApiKeySerializer(api_key).data, "key": key}, status=status.HTTP_201_CREATED)
+
+
+class ApiKeyDetailView(APIView):
+    """`DELETE /api/keys/<id>`: revoke one of the caller's keys."""
+
+    permission_classes = [SessionOnly]
+
+    @extend_schema(request=None, responses={204: None, 403: ERROR_SHAPE, 404: ERROR_SHAPE})
+    def delete(self, request: Request, key_id: str) -> Response:
+        actions.do_revoke_api_key(access_api_key(request.user, key_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)

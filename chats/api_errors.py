@@ -5,6 +5,7 @@ validation errors, where each key is a request field (camelCase, as sent) and ea
 """
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -45,6 +46,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
 
     Returns None for exceptions DRF does not handle, which Django then turns into a 500 (logged).
     """
+    if isinstance(exc, RequestDataTooBig):
+        from chats.exceptions import RequestTooLarge
+
+        exc = RequestTooLarge()
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -65,14 +65,22 @@ def content_event(delta: str) -> Event:
     return {"type": CONTENT, "delta": delta}
 
 
-def end_event(*, message_id: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Event:
-    """The terminal event of a reply that finished: `finishReason` is `stop`, `length` or `cancelled`."""
-    return {
+def end_event(
+    *, message_id: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, quota_left: int | None = None
+) -> Event:
+    """The terminal event of a reply that finished: `finishReason` is `stop`, `length` or `cancelled`.
+
+    `quotaLeft` (tokens the user may still use today) is there only for users with a daily quota.
+    """
+    event = {
         "type": END,
         "messageId": message_id,
         "finishReason": finish_reason,
         "usage": {"promptTokens": prompt_tokens, "completionTokens": completion_tokens},
     }
+    if quota_left is not None:
+        event["quotaLeft"] = quota_left
+    return event
 
 
 def error_event(*, code: str, message: str, retryable: bool) -> Event:
@@ -140,6 +148,17 @@ def async_redis() -> redis.asyncio.Redis:
     return client
 
 
+def _bench_timestamps() -> bool:
+    """Whether events carry `t` (the publisher's `time.time()` at XADD, seconds), for `bench/relay.py` only.
+
+    Off by default: `CHATSITE_BENCH_TIMESTAMPS` (setting, or environment variable) set to 1 turns it on.
+    """
+    value = getattr(settings, "CHATSITE_BENCH_TIMESTAMPS", None)
+    if value is None:
+        value = os.environ.get("CHATSITE_BENCH_TIMESTAMPS", "0")
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 _bus: EventBus | None = None
 _bus_lock = threading.Lock()
 
@@ -177,6 +196,7 @@ class EventPublisher:
     def __init__(self, event_bus: EventBus | None = None) -> None:
         self.bus = event_bus or bus()
         self._last: dict[str, tuple[int, int]] = {}
+        self._timestamps = _bench_timestamps()
 
     def continue_after(self, message_id: str, entry_id: str | None) -> None:
         """Make the next ids of `message_id` follow `entry_id` (when taking over another worker's reply)."""
@@ -202,6 +222,8 @@ class EventPublisher:
         """
         key = stream_key(message_id)
         entry_id = self._next_id(message_id)
+        if self._timestamps:
+            event = {**event, "t": time.time()}
         fields = {"type": event["type"], "data": encode(event)}
         terminal = event["type"] in TERMINAL_TYPES
         written, cancelled = self.bus.append(

@@ -46,3 +46,11 @@ class IdempotencyKeyReused(Conflict):
 
     default_code = "idempotency_key_reused"
     default_detail = "This Idempotency-Key was already used for a different message in this chat. Use a new key."
+
+
+class RequestTooLarge(exceptions.APIException):
+    """413 `request_too_large`: the request body is over CHATSITE_MAX_REQUEST_BYTES."""
+
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "request_too_large"
+    default_detail = "The request body is too large."

@@ -3,9 +3,11 @@
 import uuid
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from chats.models import Chat, Message, User
+from chats.models import ApiKey, Chat, Message, User
 from pipelines.access import usable_models, usable_workflows
 from pipelines.models import ModelConfig, Workflow
 
@@ -40,6 +42,7 @@ class ModelSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_field(OpenApiTypes.UUID)
 class WorkflowField(serializers.PrimaryKeyRelatedField):
     """A workflow id the requesting user may use (own or shared, active); unknown ones are 400."""
 
@@ -140,3 +143,17 @@ class SendMessageSerializer(serializers.Serializer):
 
     def validated_workflow(self) -> Workflow | None:
         return self.validated_data.get("workflowId")
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    """An API key as listed: never the key itself (only its first characters, `prefix`)."""
+
+    readOnly = serializers.BooleanField(source="read_only", required=False, default=False)
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+    lastUsedAt = serializers.DateTimeField(source="last_used_at", read_only=True)
+    revokedAt = serializers.DateTimeField(source="revoked_at", read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "prefix", "readOnly", "createdAt", "lastUsedAt", "revokedAt"]
+        read_only_fields = ["id", "prefix"]

@@ -9,8 +9,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 from rest_framework.exceptions import NotFound, PermissionDenied
 
-from chats.access import access_chat
-from chats.models import User
+from chats.access import access_api_key, access_chat
+from chats.actions import do_create_api_key, do_revoke_api_key
+from chats.models import ApiKey, User
 
 
 @login_required
@@ -49,3 +50,25 @@ def signup(request: HttpRequest) -> HttpResponse:
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("chat-home")
     return render(request, "chats/signup.html", {"form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_keys_page(request: HttpRequest) -> HttpResponse:
+    """Create and revoke API keys; a new key is shown once, on the page that created it."""
+    new_key = None
+    error = None
+    if request.method == "POST":
+        if "revoke" in request.POST:
+            try:
+                do_revoke_api_key(access_api_key(request.user, request.POST["revoke"]))
+            except (NotFound, PermissionDenied):
+                error = "That key does not exist."
+        else:
+            name = request.POST.get("name", "").strip()
+            if not name or len(name) > 100:
+                error = "Give the key a name of 1 to 100 characters."
+            else:
+                _, new_key = do_create_api_key(request.user, name=name, read_only="read_only" in request.POST)
+    keys = ApiKey.objects.filter(owner=request.user)
+    return render(request, "chats/api_keys.html", {"keys": keys, "new_key": new_key, "error": error})

@@ -21,6 +21,7 @@ urlpatterns = [
     ),
     path("logout", auth_views.LogoutView.as_view(), name="logout"),
     path("signup", views.signup, name="signup"),
+    path("keys", views.api_keys_page, name="api-keys-page"),
     path("admin/", admin.site.urls),
     path("api/", include("chats.urls")),
 ]

@@ -18,10 +18,12 @@ from datetime import datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 
 from chats import events
 from chats.actions import do_finish_reply
 from chats.events import EventPublisher, StreamClosed
+from chats.limits import do_record_usage, quota_left
 from chats.models import Message
 from pipelines.models import Connector, ModelConfig
 from pipelines.providers.base import ChatMessage, GenerationError, Provider, ToolCall, get_provider
@@ -108,12 +110,14 @@ def build_prompt(
     """Turn a branch into prompt messages that fit the model's context window.
 
     Keeps the system prompt and the newest message (replaced by `question` when given: a rewritten question,
-    with any step context); drops the oldest turns until the prompt plus `max_tokens` fits in
+    with any step context); keeps at most CHATSITE_MAX_HISTORY_MESSAGES messages; drops the oldest turns until
+    the prompt plus `max_tokens` fits in
     `context_window` tokens. Replies that produced no text (and no tool calls) are left out.
 
     Raises:
         GenerationError: `prompt_too_long` when the system prompt and the newest message alone do not fit.
     """
+    history = history[-settings.CHATSITE_MAX_HISTORY_MESSAGES :]
     units = [_turn_messages(m, with_tools) for m in history]
     units = [u for u in units if u]
     if question is not None and units and units[-1][0]["role"] == "user":
@@ -415,6 +419,12 @@ class ReplyGeneration:
 
     # --- outcomes --------------------------------------------------------------------------------------
 
+    def _record_usage(self) -> int | None:
+        """Count this reply's tokens against its owner's daily quota; return the quota left (None: no quota)."""
+        owner = self.message.chat.owner
+        do_record_usage(owner, self.prompt_tokens + self.completion_tokens)
+        return quota_left(owner)
+
     def _complete(self) -> str | None:
         if not do_finish_reply(
             self.message_id,
@@ -426,6 +436,7 @@ class ReplyGeneration:
             tool_calls=self.tool_records,
         ):
             return None
+        left = self._record_usage()
         self.publisher.publish(
             self.message_id,
             events.end_event(
@@ -433,6 +444,7 @@ class ReplyGeneration:
                 finish_reason=self.finish_reason,
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
+                quota_left=left,
             ),
         )
         return Message.Status.COMPLETED
@@ -454,6 +466,7 @@ class ReplyGeneration:
             tool_calls=self.tool_records,
         ):
             return None
+        left = self._record_usage()
         with contextlib.suppress(StreamClosed):
             self.publisher.publish(
                 self.message_id,
@@ -462,6 +475,7 @@ class ReplyGeneration:
                     finish_reason="cancelled",
                     prompt_tokens=self.prompt_tokens,
                     completion_tokens=self.completion_tokens,
+                    quota_left=left,
                 ),
             )
         return Message.Status.CANCELLED
@@ -476,6 +490,7 @@ class ReplyGeneration:
             tool_calls=self.tool_records,
         ):
             return None
+        self._record_usage()
         with contextlib.suppress(StreamClosed):
             self.publisher.publish(self.message_id, events.error_event(code=code, message=text, retryable=retryable))
         return Message.Status.FAILED
