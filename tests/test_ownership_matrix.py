@@ -1,0 +1,132 @@
+"""The ownership matrix, generated from the URL configuration: every API route and method, as the owner
+(alice), another user (bob), staff and anonymous, gets the expected status and no data of another user.
+
+A route or method that is not in MATRIX fails `test_every_api_route_and_method_is_in_the_matrix`, so a new
+endpoint cannot escape these checks.
+"""
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from chats.models import ApiKey, Chat, Message, User
+from pipelines.models import Workflow
+from tests.conftest import logged_in_client
+
+ROLES = ("owner", "other", "staff", "anon")
+SECRETS = ("Alice secret chat", "alice secret message", "alice secret prompt", "alice secret key")
+
+# route -> method -> (owner, other, staff, anon) expected status. Bodies: see BODIES.
+MATRIX = {
+    "api/auth/csrf": {"GET": (200, 200, 200, 200)},
+    "api/auth/login": {"POST": (400, 400, 400, 400)},  # an empty body, with a CSRF token
+    "api/auth/logout": {"POST": (204, 204, 204, 401)},
+    "api/auth/me": {"GET": (200, 200, 200, 401)},
+    "api/models": {"GET": (200, 200, 200, 401)},
+    "api/keys": {"GET": (200, 200, 200, 401), "POST": (400, 400, 400, 401)},
+    "api/keys/<str:key_id>": {"DELETE": (204, 403, 403, 401)},
+    "api/chats": {"GET": (200, 200, 200, 401), "POST": (201, 201, 201, 401)},
+    "api/chats/<str:chat_id>": {
+        "GET": (200, 403, 403, 401),
+        "PATCH": (200, 403, 403, 401),
+        "DELETE": (204, 403, 403, 401),
+    },
+    "api/chats/<str:chat_id>/messages": {"GET": (200, 403, 403, 401)},
+    "api/chats/<str:chat_id>/messages/stream": {"POST": (400, 403, 403, 401)},  # an empty body
+    "api/chats/<str:chat_id>/messages/<str:message_id>/stream": {"GET": (200, 403, 403, 401)},
+    "api/chats/<str:chat_id>/messages/<str:message_id>/cancel": {"POST": (409, 403, 403, 401)},  # it finished
+    "api/chats/<str:chat_id>/messages/<str:message_id>/regenerate": {"POST": (200, 403, 403, 401)},
+    "api/workflows": {"GET": (200, 200, 200, 401), "POST": (400, 400, 400, 401)},  # an empty body
+    "api/workflows/<str:workflow_id>": {
+        "GET": (200, 403, 403, 401),
+        "PATCH": (200, 403, 403, 401),
+        "DELETE": (204, 403, 403, 401),
+    },
+    "api/schema": {"GET": (200, 200, 200, 200)},
+    "api/schema/docs": {"GET": (200, 200, 200, 200)},
+}
+BODIES = {
+    ("api/chats", "POST"): {"title": "new"},
+    ("api/chats/<str:chat_id>", "PATCH"): {"title": "renamed"},
+    ("api/workflows/<str:workflow_id>", "PATCH"): {"name": "renamed"},
+    ("api/chats/<str:chat_id>/messages/<str:message_id>/regenerate", "POST"): {},
+}
+
+
+def api_routes() -> dict[str, set[str]]:
+    """Every route under api/ in the URL configuration, with the HTTP methods its view answers."""
+
+    def walk(patterns, prefix=""):  # noqa: ANN001, ANN202
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                yield from walk(pattern.url_patterns, prefix + str(pattern.pattern))
+            elif isinstance(pattern, URLPattern):
+                yield prefix + str(pattern.pattern), pattern.callback
+
+    routes = {}
+    for route, callback in walk(get_resolver().url_patterns):
+        if not route.startswith("api/"):
+            continue
+        view = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+        allowed = getattr(view, "http_method_names", [])
+        routes[route] = {m.upper() for m in allowed if m not in ("options", "head", "trace") and hasattr(view, m)}
+    return routes
+
+
+def test_every_api_route_and_method_is_in_the_matrix():
+    routes = api_routes()
+    assert set(routes) == set(MATRIX), f"routes not in the matrix: {set(routes) - set(MATRIX)}"
+    for route, methods in routes.items():
+        assert methods == set(MATRIX[route]), (
+            f"{route}: the view answers {methods}, the matrix has {set(MATRIX[route])}"
+        )
+
+
+@pytest.fixture
+def world(alice, bob, django_capture_on_commit_callbacks):
+    """Alice's things, with secrets that nobody else may see."""
+    staff = User.objects.create_user("sam", password="x", is_staff=True)
+    chat = Chat.objects.create(owner=alice, title="Alice secret chat")
+    now = timezone.now()
+    question = Message.objects.create(chat=chat, role="user", content="alice secret message", created_at=now)
+    reply = Message.objects.create(
+        chat=chat, role="assistant", content="alice secret message too", status="completed", parent=question,
+        model_id="scripted", created_at=now, completed_at=now,
+    )  # fmt: skip
+    workflow = Workflow.objects.create(owner=alice, name="wf", system_prompt="alice secret prompt")
+    key = ApiKey.objects.create(owner=alice, name="alice secret key", prefix="cs_x", key_hash="0" * 64)
+    clients = {
+        "owner": logged_in_client(alice),
+        "other": logged_in_client(bob),
+        "staff": logged_in_client(staff),
+        "anon": APIClient(enforce_csrf_checks=True),
+    }
+    anon_token = clients["anon"].get("/api/auth/csrf").cookies["csrftoken"].value
+    clients["anon"].credentials(HTTP_X_CSRFTOKEN=anon_token)
+    ids = {
+        "chat_id": chat.id,
+        "message_id": reply.id,
+        "workflow_id": workflow.id,
+        "key_id": key.id,
+    }
+    with django_capture_on_commit_callbacks(execute=False):  # no worker runs here
+        yield clients, ids
+
+
+CASES = [(route, method, role) for route, methods in MATRIX.items() for method in methods for role in ROLES]
+
+
+@pytest.mark.parametrize(("route", "method", "role"), CASES, ids=[f"{m} {r} as {role}" for r, m, role in CASES])
+def test_matrix(world, scripted_model, route, method, role):
+    clients, ids = world
+    path = "/" + route
+    for name, value in ids.items():
+        path = path.replace(f"<str:{name}>", str(value))
+    body = BODIES.get((route, method), {})
+    response = getattr(clients[role], method.lower())(path, body, format="json")
+    expected = MATRIX[route][method][ROLES.index(role)]
+    assert response.status_code == expected, (response.status_code, getattr(response, "content", b"")[:300])
+    if role != "owner" and not response.streaming:
+        text = response.content.decode(errors="replace")
+        assert not any(secret in text for secret in SECRETS), text[:300]
