@@ -16,6 +16,7 @@ class UserSerializer(serializers.ModelSerializer):
     """The current user; `id` is the `userId` clients send."""
 
     isStaff = serializers.BooleanField(source="is_staff", read_only=True)
+    email = serializers.CharField(read_only=True, help_text="May be empty.")
 
     class Meta:
         model = User
@@ -53,6 +54,12 @@ class WorkflowField(serializers.PrimaryKeyRelatedField):
 
     def get_queryset(self):
         return usable_workflows(self.context["request"].user)
+
+    def run_validation(self, data=serializers.empty):
+        # DRF turns "" into null for related fields; an empty string is not a UUID, so say so.
+        if data == "":
+            self.fail("incorrect_type")
+        return super().run_validation(data)
 
     def to_internal_value(self, data):
         # Check the UUID first: Django's UUIDField raises its own ValidationError, which DRF would not catch.

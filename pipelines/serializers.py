@@ -1,5 +1,6 @@
 """Request parsing and response shapes of the workflows API (camelCase fields)."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from pipelines.access import usable_models
@@ -7,18 +8,32 @@ from pipelines.models import ModelConfig, Workflow
 from pipelines.steps import validate_steps
 
 
+@extend_schema_field({"type": "array", "items": {"type": "object"}, "description": "Typed steps (pipelines.steps)."})
+class StepsField(serializers.JSONField):
+    """A workflow's steps: any JSON here; `validate_steps` checks the shape and explains what is wrong."""
+
+
+class ModelIdField(serializers.SlugRelatedField):
+    """A modelId, or null; an empty string is refused (DRF would quietly turn it into null)."""
+
+    def run_validation(self, data=serializers.empty):  # noqa: ANN001, ANN201
+        if data == "":
+            raise serializers.ValidationError("Give a modelId, or null for none.")
+        return super().run_validation(data)
+
+
 class WorkflowSerializer(serializers.ModelSerializer):
     """A workflow: `shared` ones (no owner) are visible to everyone and managed by staff."""
 
     systemPrompt = serializers.CharField(source="system_prompt", required=False, allow_blank=True, max_length=20000)
-    modelId = serializers.SlugRelatedField(
+    modelId = ModelIdField(
         source="model", slug_field="model_id", queryset=ModelConfig.objects.none(), required=False, allow_null=True
     )
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0.0, max_value=2.0)
     maxTokens = serializers.IntegerField(
         source="max_tokens", required=False, allow_null=True, min_value=1, max_value=100000
     )
-    steps = serializers.JSONField(required=False, help_text="Typed steps; see pipelines.steps.")
+    steps = StepsField(required=False)
     isActive = serializers.BooleanField(source="is_active", required=False)
     shared = serializers.BooleanField(source="is_shared", read_only=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
