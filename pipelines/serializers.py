@@ -16,9 +16,12 @@ class StepsField(serializers.JSONField):
 class ModelIdField(serializers.SlugRelatedField):
     """A modelId, or null; an empty string is refused (DRF would quietly turn it into null)."""
 
-    def run_validation(self, data=serializers.empty):  # noqa: ANN001, ANN201
+    def run_validation(self, data=serializers.empty):
         if data == "":
             raise serializers.ValidationError("Give a modelId, or null for none.")
+        if isinstance(data, str) and "\x00" in data:
+            # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the lookup.
+            raise serializers.ValidationError("Null characters are not allowed.")
         return super().run_validation(data)
 
 

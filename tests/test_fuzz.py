@@ -44,8 +44,11 @@ def fuzz_key(transactional_db) -> str:
 )
 @pytest.mark.django_db(transaction=True)  # the WSGI app closes its connection after each request, as servers do
 def test_the_api_answers_every_generated_request_without_5xx_and_as_documented(case, fuzz_key, scripted_model):
-    # Left out: "schema-valid request accepted". The API also checks references the schema cannot know
-    # (a modelId or workflowId must exist and be the caller's to use), so a well-formed id may be a 400.
+    # Checked: no 5xx; status codes, content types and bodies as the document says. Left out: whether
+    # well-formed data is accepted (the API also checks references the schema cannot know: a modelId or
+    # workflowId must exist and be the caller's) and whether ill-formed data is refused (DRF is lenient by
+    # design: it ignores unknown fields and reads page= as the first page).
     case.call_and_validate(
-        headers={"Authorization": f"Bearer {fuzz_key}"}, excluded_checks=[schemathesis.checks.positive_data_acceptance]
+        headers={"Authorization": f"Bearer {fuzz_key}"},
+        excluded_checks=[schemathesis.checks.positive_data_acceptance, schemathesis.checks.negative_data_rejection],
     )

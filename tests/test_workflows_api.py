@@ -90,3 +90,9 @@ def test_anonymous_is_401(anon, method, path):
 def test_anonymous_is_401_on_a_workflow(anon, shared_workflow):
     for method in ("get", "patch", "delete"):
         assert getattr(anon, method)(f"/api/workflows/{shared_workflow.id}", {}, format="json").status_code == 401
+
+
+def test_a_null_character_in_a_model_id_is_400_not_a_server_error(alice_client):
+    # Found by the fuzzer: PostgreSQL text cannot hold NUL, and the lookup used to fail with a 500.
+    response = alice_client.post("/api/workflows", {"name": "x", "modelId": "gpt\x00"}, format="json")
+    assert response.status_code == 400 and "modelId" in response.json()["fields"]
