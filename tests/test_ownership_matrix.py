@@ -57,7 +57,7 @@ BODIES = {
 def api_routes() -> dict[str, set[str]]:
     """Every route under api/ in the URL configuration, with the HTTP methods its view answers."""
 
-    def walk(patterns, prefix=""):  # noqa: ANN001, ANN202
+    def walk(patterns, prefix=""):
         for pattern in patterns:
             if isinstance(pattern, URLResolver):
                 yield from walk(pattern.url_patterns, prefix + str(pattern.pattern))

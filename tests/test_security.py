@@ -156,6 +156,10 @@ def test_the_runner_records_usage_for_users_with_a_quota(alice, alice_chat, scri
     reply.refresh_from_db()
     used = reply.prompt_tokens + reply.completion_tokens
     assert used > 0 and quota_left(alice) == 1000 - used
+    from chats.events import stream_key, sync_redis
+
+    end = json.loads(sync_redis().xrange(stream_key(str(reply.id)))[-1][1]["data"])
+    assert end["type"] == "end" and end["quotaLeft"] == 1000 - used
 
 
 def test_the_sixth_bad_password_locks_the_username_at_that_address(alice, bob):
