@@ -303,3 +303,10 @@ def test_tool_calls_show_in_the_reply(page, carol, scripted_model):
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     assert last_reply(page).locator("details.tool summary").inner_text() == "Tool: calculator (done)"
+
+
+def test_the_api_documentation_page_renders_offline_under_the_csp(page):
+    page.goto("/api/schema/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=15_000)
+    assert page.locator(".opblock-summary-path", has_text="/api/chats/{chat_id}/messages/stream").count() >= 1
+    shot(page, "11-api-docs.png")
