@@ -152,7 +152,20 @@ class MessageListView(generics.ListAPIView):
 
 SSE_RESPONSE = OpenApiResponse(
     OpenApiTypes.STR,
-    description="Server-Sent Events (`id:` + `data: {json}`): start, content..., then end or error.",
+    description=(
+        "Server-Sent Events (`text/event-stream`). Each event is `id: <stream entry id>` and `data: <json>`; "
+        "`: ping` comments keep the line alive; the response closes after `end` or `error`. Event types "
+        "(`type` field, camelCase fields): "
+        "`start` {messageId, chatId, userMessageId, model, workflowId}; "
+        "`step` {step, state: started|finished|failed, index, ...}; "
+        "`sources` {sources: [{id, title, snippet, score, documentId}]}; "
+        "`content` {delta}; "
+        "`tool_call` {callId, toolName, toolArgs}; "
+        "`tool_result` {callId, toolName, result, error?}; "
+        "`end` {messageId, finishReason: stop|length|cancelled, usage: {promptTokens, completionTokens}, "
+        "quotaLeft?}; "
+        "`error` {error, message, retryable}. Clients ignore unknown types; fields are only ever added."
+    ),
 )
 
 
