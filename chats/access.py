@@ -5,10 +5,14 @@ UUID) is 404; an object that belongs to someone else is 403.
 """
 
 import uuid
+from typing import TypeVar
 
+from django.db import models
 from rest_framework.exceptions import NotFound, PermissionDenied
 
 from chats.models import ApiKey, Chat, Message, User
+
+T = TypeVar("T", bound=models.Model)
 
 
 def _parse_uuid(value: str, what: str) -> uuid.UUID:
@@ -18,19 +22,24 @@ def _parse_uuid(value: str, what: str) -> uuid.UUID:
         raise NotFound(f"{what} {value} does not exist.", code="not_found") from None
 
 
-def access_chat(user: User, chat_id: str) -> Chat:
-    """Return the chat `chat_id` if `user` owns it.
+def owned(model: type[T], user: User, object_id: str, what: str) -> T:
+    """Load `model` row `object_id` (a UUID) whose `owner` must be `user`: the one ownership rule.
 
     Raises:
-        NotFound: 404 when no chat has that id.
-        PermissionDenied: 403 when the chat belongs to another user.
+        NotFound: 404 when no row has that id, or it is not a UUID.
+        PermissionDenied: 403 when the row belongs to another user.
     """
-    chat = Chat.objects.filter(id=_parse_uuid(chat_id, "Chat")).first()
-    if chat is None:
-        raise NotFound(f"Chat {chat_id} does not exist.", code="not_found")
-    if chat.owner_id != user.id:
-        raise PermissionDenied("This chat belongs to another user.", code="forbidden")
-    return chat
+    row = model.objects.filter(id=_parse_uuid(object_id, what)).first()
+    if row is None:
+        raise NotFound(f"{what} {object_id} does not exist.", code="not_found")
+    if row.owner_id != user.id:
+        raise PermissionDenied(f"This {what.lower()} belongs to another user.", code="forbidden")
+    return row
+
+
+def access_chat(user: User, chat_id: str) -> Chat:
+    """Return the chat `chat_id` if `user` owns it (404 unknown, 403 someone else's; see `owned`)."""
+    return owned(Chat, user, chat_id, "Chat")
 
 
 def access_message(user: User, chat_id: str, message_id: str) -> tuple[Chat, Message]:
@@ -48,15 +57,5 @@ def access_message(user: User, chat_id: str, message_id: str) -> tuple[Chat, Mes
 
 
 def access_api_key(user: User, key_id: str) -> ApiKey:
-    """Return the API key `key_id` if `user` owns it.
-
-    Raises:
-        NotFound: 404 when no key has that id.
-        PermissionDenied: 403 when it belongs to another user.
-    """
-    api_key = ApiKey.objects.filter(id=_parse_uuid(key_id, "API key")).first()
-    if api_key is None:
-        raise NotFound(f"API key {key_id} does not exist.", code="not_found")
-    if api_key.owner_id != user.id:
-        raise PermissionDenied("This API key belongs to another user.", code="forbidden")
-    return api_key
+    """Return the API key `key_id` if `user` owns it (404 unknown, 403 someone else's; see `owned`)."""
+    return owned(ApiKey, user, key_id, "API key")
