@@ -14,7 +14,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 # The demo sales database that the seeded "SQL analyst" workflow reads (manage.py seed_demo_database).
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev chaos clean
+.PHONY: run test lint format install install-dev chaos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ format: install-dev
 # The chaos test of the reply lifecycle at full size (120 replies); prints its figures (bench/chaos.py).
 chaos: install-dev
 	$(BIN)/python bench/chaos.py
+
+# The relay benchmark: chatsite's stream path against a bare ASGI relay; prints its figures (bench/relay.py).
+bench: install-dev
+	$(BIN)/python bench/relay.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -12,6 +12,7 @@ and `data` (the event as compact JSON, relayed verbatim). Events are plain dicts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -351,6 +352,167 @@ class Heartbeat:
             logger.warning("could not clear heartbeat %s", self.key)
 
 
+class _Subscriber:
+    """One reader of one stream inside a `StreamMux`: entries after `after` are queued here for it."""
+
+    __slots__ = ("after", "after_key", "entries", "error", "event", "key")
+
+    def __init__(self, key: str, after: str) -> None:
+        self.key = key
+        self.after = after
+        self.after_key = parse_entry_id(after)
+        self.entries: list[tuple[str, dict[str, str]]] = []
+        self.error: BaseException | None = None
+        self.event = asyncio.Event()
+
+    async def get(self, timeout: float) -> list[tuple[str, dict[str, str]]]:
+        """The entries that arrived since the last call, waiting up to `timeout` seconds (maybe none).
+
+        Raises:
+            redis.RedisError: the multiplexed reader lost Redis.
+        """
+        if not self.entries and self.error is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), timeout)
+        self.event.clear()
+        if self.error is not None:
+            raise self.error
+        found, self.entries = self.entries, []
+        return found
+
+
+class StreamMux:
+    """One blocking XREAD, on one Redis connection, for every stream an event loop's readers follow.
+
+    A web process holds one of these per event loop (daphne runs one), so open streams cost no Redis
+    connection each, and nothing wakes per stream: the single reader wakes when any followed stream gets
+    entries (or every `block_ms` when all are idle) and hands each reader the entries after its own last id.
+    A reader that subscribes while the XREAD blocks gets its stream added at once: the XREAD is cut short
+    with CLIENT UNBLOCK from another connection, then issued again with the new key.
+
+    If Redis fails, every current subscriber gets the error from `get()` and the reader stops; the next
+    subscription starts it again on a new connection.
+
+    Args:
+        url: the Redis URL.
+        block_ms: how long one XREAD blocks when nothing arrives, in milliseconds.
+        count: the most entries one XREAD takes per stream.
+    """
+
+    def __init__(self, url: str, *, block_ms: int = 5000, count: int = 500) -> None:
+        self.url = url
+        self.block_ms = block_ms
+        self.count = count
+        self._subs: dict[str, set[_Subscriber]] = {}
+        self._task: asyncio.Task | None = None
+        self._client_id: int | None = None
+        self._version = 0  # bumped when a key is added; the XREAD in flight knows the version it was built at
+        self._in_flight: int | None = None
+        self._kicking = False
+
+    def subscribe(self, key: str, after: str) -> _Subscriber:
+        """Follow `key` from after the entry id `after`; call `unsubscribe` when done."""
+        sub = _Subscriber(key, after)
+        subs = self._subs.get(key)
+        if subs is None:
+            self._subs[key] = {sub}
+            self._version += 1
+        else:
+            subs.add(sub)
+            self._version += 1  # its cursor may be older than the key's current one
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        elif not self._kicking and self._in_flight is not None:
+            self._kicking = True
+            asyncio.get_running_loop().create_task(self._kick())
+        return sub
+
+    def unsubscribe(self, sub: _Subscriber) -> None:
+        """Stop following for `sub` (its key leaves the next XREAD when nobody else follows it)."""
+        subs = self._subs.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.key]
+
+    async def _kick(self) -> None:
+        # CLIENT UNBLOCK only works once the XREAD is blocked in Redis: retry briefly while ours is in flight
+        # but may not have reached Redis yet, and stop as soon as an XREAD with the new keys is issued.
+        try:
+            client = async_redis()
+            for _ in range(200):
+                if self._in_flight is None or self._in_flight >= self._version or self._client_id is None:
+                    return
+                if await client.client_unblock(self._client_id):
+                    return
+                await asyncio.sleep(0.001)
+        except redis.RedisError:
+            logger.warning("could not wake the stream reader; new streams wait for its next turn")
+        finally:
+            self._kicking = False
+
+    async def _run(self) -> None:
+        me = asyncio.current_task()
+        connection = redis.asyncio.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            single_connection_client=True,
+            socket_timeout=self.block_ms / 1000 + 10,
+        )
+        client_id = None
+        try:
+            client_id = self._client_id = await connection.client_id()
+            while self._subs:
+                streams = {}
+                for key, subs in self._subs.items():
+                    if len(subs) == 1:
+                        streams[key] = next(iter(subs)).after
+                    else:
+                        streams[key] = min(subs, key=lambda s: s.after_key).after
+                self._in_flight = self._version
+                try:
+                    response = await connection.xread(streams, count=self.count, block=self.block_ms)
+                finally:
+                    self._in_flight = None
+                for key, found in response or ():
+                    for sub in self._subs.get(key, ()):
+                        new = [e for e in found if parse_entry_id(e[0]) > sub.after_key]
+                        if new:
+                            sub.entries.extend(new)
+                            sub.after = new[-1][0]
+                            sub.after_key = parse_entry_id(sub.after)
+                            sub.event.set()
+            # No await between the loop's last check and this: a subscriber that comes later starts a new run.
+            if self._task is me:
+                self._task = None
+        except (redis.RedisError, OSError) as exc:
+            if self._task is me:
+                self._task = None
+            error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+            for subs in self._subs.values():
+                for sub in subs:
+                    sub.error = error
+                    sub.event.set()
+            self._subs.clear()
+        finally:
+            if self._client_id == client_id:
+                self._client_id = None
+            with contextlib.suppress(Exception):
+                await connection.aclose()
+
+
+_muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StreamMux] = weakref.WeakKeyDictionary()
+
+
+def stream_mux() -> StreamMux:
+    """The `StreamMux` of the running event loop, created on first use (full mode only)."""
+    loop = asyncio.get_running_loop()
+    mux = _muxes.get(loop)
+    if mux is None:
+        mux = _muxes[loop] = StreamMux(settings.REDIS_URL)
+    return mux
+
+
 async def read_events(
     message_id: str, last_id: str = "0-0", *, idle_seconds: float | None = None
 ) -> AsyncIterator[tuple[str, str, str] | None]:
@@ -358,7 +520,8 @@ async def read_events(
 
     Yields `(entry_id, type, data_json)` for each event in order, and `None` each time `idle_seconds`
     (default `CHATSITE_SSE_PING_SECONDS`) pass with no event, so the caller can send a keep-alive.
-    Returns after yielding the terminal event.
+    Returns after yielding the terminal event. With Redis, every reader of the event loop shares one
+    `StreamMux` (one connection, one XREAD); in embedded mode it reads the memory bus.
 
     Raises:
         redis.RedisError: when Redis cannot be reached.
@@ -366,13 +529,28 @@ async def read_events(
     idle = settings.CHATSITE_SSE_PING_SECONDS if idle_seconds is None else idle_seconds
     event_bus = bus()
     key = stream_key(message_id)
-    while True:
-        found = await event_bus.read(key, last_id, count=500, block_seconds=idle)
-        if not found:
-            yield None
-            continue
-        for entry_id, fields in found:
-            last_id = entry_id
-            yield entry_id, fields["type"], fields["data"]
-            if fields["type"] in TERMINAL_TYPES:
-                return
+    if not isinstance(event_bus, RedisBus):
+        while True:
+            found = await event_bus.read(key, last_id, count=500, block_seconds=idle)
+            if not found:
+                yield None
+                continue
+            for entry_id, fields in found:
+                last_id = entry_id
+                yield entry_id, fields["type"], fields["data"]
+                if fields["type"] in TERMINAL_TYPES:
+                    return
+    mux = stream_mux()
+    sub = mux.subscribe(key, last_id)
+    try:
+        while True:
+            found = await sub.get(idle)
+            if not found:
+                yield None
+                continue
+            for entry_id, fields in found:
+                yield entry_id, fields["type"], fields["data"]
+                if fields["type"] in TERMINAL_TYPES:
+                    return
+    finally:
+        mux.unsubscribe(sub)

@@ -1,0 +1,140 @@
+"""The multiplexed stream reader (`chats.events.StreamMux`) behind `read_events`, on real Redis.
+
+Each test runs its own event loop (`asyncio.run`), so each gets its own reader; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+import redis
+
+from chats import events
+from chats.events import EventPublisher, StreamMux, read_events
+
+_publishers: list[EventPublisher] = []
+
+
+def publish(message_id: str, event: dict) -> str:
+    # One publisher for all, as one worker: it keeps each stream's ids increasing within a millisecond.
+    if not _publishers:
+        _publishers.append(EventPublisher())
+    return _publishers[0].publish(message_id, event).entry_id
+
+
+async def collect(message_id: str, last_id: str = "0-0", idle: float = 5.0, pings: int = 100) -> list:
+    """Everything `read_events` yields, until it returns (or `pings` keep-alives in a row)."""
+    out = []
+    async for item in read_events(message_id, last_id, idle_seconds=idle):
+        out.append(item)
+        if out[-pings:] == [None] * pings:
+            break
+    return out
+
+
+def test_many_streams_share_one_reader_and_connection(settings):
+    settings.CHATSITE_EMBEDDED = False
+    ids = [f"m{i}" for i in range(30)]
+
+    async def scenario():
+        readers = [asyncio.create_task(collect(m)) for m in ids]
+        await asyncio.sleep(0.2)  # every reader subscribed and the XREAD blocked on them all
+        mux = events.stream_mux()
+        assert len(mux._subs) == len(ids)
+        for n in range(3):
+            for m in ids:
+                await asyncio.to_thread(publish, m, events.content_event(f"{m}.{n} "))
+        for m in ids:
+            await asyncio.to_thread(
+                publish, m, events.end_event(message_id=m, finish_reason="stop", prompt_tokens=1, completion_tokens=3)
+            )
+        return await asyncio.gather(*readers), mux
+
+    results, mux = asyncio.run(scenario())
+    for m, items in zip(ids, results, strict=True):
+        got = [i for i in items if i is not None]
+        assert [t for _, t, _ in got] == ["content"] * 3 + ["end"]
+        assert "".join(events.json.loads(d).get("delta", "") for _, _, d in got) == f"{m}.0 {m}.1 {m}.2 "
+    assert not mux._subs  # every reader unsubscribed when it returned
+
+
+def test_resume_after_last_id_and_two_readers_of_one_stream(settings):
+    settings.CHATSITE_EMBEDDED = False
+    first = publish("r", events.content_event("a"))
+    publish("r", events.content_event("b"))
+
+    async def scenario():
+        late = asyncio.create_task(collect("r", first))
+        early = asyncio.create_task(collect("r"))
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(publish, "r", events.content_event("c"))
+        await asyncio.to_thread(
+            publish, "r", events.end_event(message_id="r", finish_reason="stop", prompt_tokens=0, completion_tokens=3)
+        )
+        return await late, await early
+
+    late, early = asyncio.run(scenario())
+    deltas = [[events.json.loads(d).get("delta") for _, t, d in x if t == "content"] for x in (late, early)]
+    assert deltas == [["b", "c"], ["a", "b", "c"]]
+    assert [i[0] for i in early] == sorted((i[0] for i in early), key=events.parse_entry_id)
+
+
+def test_idle_stream_pings_and_a_new_stream_is_read_while_the_reader_blocks(settings):
+    settings.CHATSITE_EMBEDDED = False
+
+    async def scenario():
+        idle = asyncio.create_task(collect("idle", idle=0.2, pings=2))
+        await asyncio.sleep(0.1)
+        # A stream that arrives while the single XREAD blocks on `idle` is read without waiting for it to end.
+        publish("new", events.end_event(message_id="new", finish_reason="stop", prompt_tokens=0, completion_tokens=0))
+        new = await asyncio.wait_for(collect("new"), 3)
+        return await idle, new
+
+    idle, new = asyncio.run(scenario())
+    assert idle == [None, None]
+    assert [t for _, t, _ in new] == ["end"]
+
+
+def test_redis_errors_reach_the_reader(settings):
+    settings.CHATSITE_EMBEDDED = False
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def scenario():
+        mux = StreamMux(f"redis://127.0.0.1:{port}/0")
+        sub = mux.subscribe("k", "0-0")
+        try:
+            await sub.get(5)
+        finally:
+            mux.unsubscribe(sub)
+
+    with pytest.raises(redis.RedisError):
+        asyncio.run(scenario())
+
+
+def test_memory_bus_still_serves_read_events(settings, monkeypatch):
+    bus = events.MemoryBus()
+    monkeypatch.setattr(events, "_bus", bus)
+    publisher = EventPublisher(bus)
+    publisher.publish("e", events.content_event("x"))
+    publisher.publish("e", events.end_event(message_id="e", finish_reason="stop", prompt_tokens=0, completion_tokens=1))
+    items = asyncio.run(collect("e"))
+    assert [t for _, t, _ in items] == ["content", "end"]
+
+
+def test_events_carry_the_xadd_time_only_when_the_benchmark_asks(settings):
+    settings.CHATSITE_EMBEDDED = False
+    plain = EventPublisher()
+    plain.publish("p", events.content_event("x"))
+    settings.CHATSITE_BENCH_TIMESTAMPS = True
+    timed = EventPublisher()
+    timed.publish("q", events.content_event("y"))
+    (_, p_fields), (_, q_fields) = (
+        events.bus().entries(events.stream_key("p"))[0],
+        events.bus().entries(events.stream_key("q"))[0],
+    )
+    assert "t" not in events.json.loads(p_fields["data"])
+    assert isinstance(events.json.loads(q_fields["data"])["t"], float)
