@@ -24,17 +24,19 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: make test installs Debian's chromium package")
-    # Playwright's sync API keeps an event loop on this thread; the tests' own ORM calls are still sequential.
+    # Playwright's sync API keeps an event loop running on this thread while the browser is open (so for this
+    # module only): the tests' own ORM calls are still sequential.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with playwright_sync.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
 def open_page(browser, base_url: str, username: str, *, width: int = 1280, height: int = 800):
