@@ -14,7 +14,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 # The demo sales database that the seeded "SQL analyst" workflow reads (manage.py seed_demo_database).
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev chaos bench clean
+.PHONY: run test lint format install install-dev pgvector chaos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,17 @@ node_modules/.installed: package.json package-lock.json
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# pgvector for PostgreSQL (document search); Debian's source package built against the local server.
+pgvector:
+	@sh scripts/install-pgvector.sh
+
 install: $(VENV)/.installed node_modules/.installed
-install-dev: install $(VENV)/.installed-dev /usr/bin/chromium
+install-dev: install $(VENV)/.installed-dev /usr/bin/chromium pgvector
 
 # Full mode (Redis answers): daphne, a Celery worker and beat (Procfile). Embedded mode (no Redis, or
 # CHATSITE_EMBEDDED=1): daphne alone, generating replies on a thread pool.
 run: install
+	@case "$${DATABASE_URL:-}" in postgres*) sh scripts/install-pgvector.sh ;; esac
 	$(BIN)/python manage.py migrate --no-input
 	@$(BIN)/python manage.py ensure_demo_user
 	@$(BIN)/python manage.py seed_demo_database || echo "(The SQL analyst workflow needs that database; chat works without it.)"

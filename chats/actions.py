@@ -82,8 +82,10 @@ def do_send_message(
     model: ModelConfig,
     workflow: Workflow | None,
     idempotency_key: str = "",
+    attachments: list[str] | None = None,
 ) -> tuple[Message, Message, bool]:
-    """Save a user's message and a `queued` assistant reply in one transaction; enqueue its generation.
+    """Save a user's message (with the ids of its `attachments`, documents already checked readable) and a
+    `queued` assistant reply in one transaction; enqueue its generation.
 
     The Celery task is sent only once the transaction has committed, so the worker always finds the rows
     and no event is published for a row that might roll back. A send that repeats an `idempotency_key`
@@ -118,6 +120,7 @@ def do_send_message(
             model_id=model.model_id,
             workflow=workflow,
             parent=previous,
+            attachments=attachments or [],
             created_at=now,
         )
         reply = _create_reply(chat, question, model, workflow, now, idempotency_key)
@@ -194,10 +197,11 @@ def do_finish_reply(
     completion_tokens: int | None = None,
     error: dict | None = None,
     tool_calls: list[dict] | None = None,
+    sources: list[dict] | None = None,
     from_statuses: tuple[str, ...] = (Message.Status.STREAMING,),
 ) -> bool:
     """Save a reply's outcome in one UPDATE: content, usage, finish reason, error, tool calls (with their
-    results), status, completion time.
+    results), sources (as the `sources` event gave them), status, completion time.
 
     Only a reply still in one of `from_statuses` is changed, so a reply that was ended elsewhere (cancelled,
     or failed by a watchdog) keeps that outcome.
@@ -213,6 +217,7 @@ def do_finish_reply(
         completion_tokens=completion_tokens,
         error=error,
         tool_calls=tool_calls or [],
+        sources=sources or [],
         completed_at=timezone.now(),
     )
     return bool(updated)

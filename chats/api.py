@@ -245,6 +245,7 @@ class MessageStreamView(APIView):
             # No workflowId in the body: the chat's default workflow (if it is still usable).
             workflow=body.validated_workflow() if "workflowId" in request.data else usable_chat_workflow(chat),
             idempotency_key=key,
+            attachments=body.validated_data["attachments"],
         )
         return stream_reply(reply)
 

@@ -61,6 +61,16 @@ def start_event(
     }
 
 
+def sources_event(sources: list[dict[str, Any]]) -> Event:
+    """The passages an answer draws on, sent once, before the first `content` event (seed 002).
+
+    Each item: `{id, number, title, snippet, score, documentId, collectionId, page, start, end}`: `number` is
+    how the answer cites it ([1]); `score` is the similarity in [0, 1]; `page` (PDF, from 1) or null;
+    `start`/`end` are character offsets into the document's text.
+    """
+    return {"type": SOURCES, "sources": sources}
+
+
 def content_event(delta: str) -> Event:
     """A piece of the reply's text; clients append the deltas in order."""
     return {"type": CONTENT, "delta": delta}

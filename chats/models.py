@@ -82,6 +82,8 @@ class Message(models.Model):
     # Structured data, never markup inside `content`: [{callId, toolName, toolArgs, result}], [{id, ...}].
     tool_calls = models.JSONField(default=list, blank=True)
     sources = models.JSONField(default=list, blank=True)
+    # A question's attached documents ([documentId]): used whole when they fit the prompt, else searched.
+    attachments = models.JSONField(default=list, blank=True)
     # The client's Idempotency-Key for the send that created this reply; unique within a chat.
     idempotency_key = models.CharField(max_length=settings.CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS, blank=True, default="")
     created_at = models.DateTimeField()

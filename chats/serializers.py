@@ -126,6 +126,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "error",
             "toolCalls",
             "sources",
+            "attachments",
             "createdAt",
             "completedAt",
         ]
@@ -139,6 +140,30 @@ class SendMessageSerializer(serializers.Serializer):
     modelId = serializers.CharField(max_length=100)
     userId = serializers.CharField(max_length=100)
     workflowId = WorkflowField(required=False, allow_null=True)
+    attachments = serializers.ListField(
+        child=serializers.UUIDField(),
+        required=False,
+        default=list,
+        max_length=settings.CHATSITE_MAX_ATTACHMENTS,
+        help_text="Documents (ids) to answer from: used whole when they fit the prompt, else searched (seed 002).",
+    )
+
+    def validate_attachments(self, value: list) -> list[str]:
+        from knowledge.access import visible_documents
+        from knowledge.models import Document
+
+        wanted = list(dict.fromkeys(str(v) for v in value))
+        found = dict(visible_documents(self.context["request"].user).filter(id__in=wanted).values_list("id", "status"))
+        found = {str(k): v for k, v in found.items()}
+        missing = [d for d in wanted if d not in found]
+        if missing:
+            raise serializers.ValidationError(f"Document {missing[0]} does not exist or is not available to you.")
+        waiting = [d for d in wanted if found[d] != Document.Status.READY]
+        if waiting:
+            raise serializers.ValidationError(
+                f"Document {waiting[0]} is {found[waiting[0]]}, not ready: attach it once its status is ready."
+            )
+        return wanted
 
     def validate_content(self, value: str) -> str:
         if not value.strip():

@@ -109,14 +109,16 @@ def terminal_event_from_db(message: Message) -> events.Event:
 
 
 def replay_from_database(message: Message) -> list[tuple[str, events.Event]]:
-    """A finished reply as events, for when its Redis Stream has expired: `start`, the whole text as one
-    `content` event, and the terminal event, with the ids `0-1`, `0-2`, `0-3`."""
+    """A finished reply as events, for when its Redis Stream has expired: `start` (id `0-1`), the whole text
+    as one `content` event (`0-2`) and the terminal event (`0-3`). A reply with sources has its `sources`
+    event first after `start`, and the ids are then `0-1` start, `0-2` sources, `0-3` text, `0-4` terminal."""
     from pipelines.runner import start_event_for
 
+    body: list[events.Event | None] = [events.sources_event(message.sources)] if message.sources else []
+    body.append(events.content_event(message.content) if message.content else None)
     replay = [("0-1", start_event_for(message))]
-    if message.content:
-        replay.append(("0-2", events.content_event(message.content)))
-    replay.append(("0-3", terminal_event_from_db(message)))
+    replay += [(f"0-{i}", event) for i, event in enumerate(body, start=2) if event is not None]
+    replay.append((f"0-{len(body) + 2}", terminal_event_from_db(message)))
     return replay
 
 

@@ -4,6 +4,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from chats import api
+from knowledge import api as knowledge_api
 from pipelines import api as pipelines_api
 
 urlpatterns = [
@@ -33,6 +34,19 @@ urlpatterns = [
     ),
     path("workflows", pipelines_api.WorkflowListView.as_view(), name="api-workflows"),
     path("workflows/<str:workflow_id>", pipelines_api.WorkflowDetailView.as_view(), name="api-workflow"),
+    path("embedding-models", knowledge_api.EmbeddingModelListView.as_view(), name="api-embedding-models"),
+    path("collections", knowledge_api.CollectionListView.as_view(), name="api-collections"),
+    path("collections/<str:collection_id>", knowledge_api.CollectionDetailView.as_view(), name="api-collection"),
+    path(
+        "collections/<str:collection_id>/documents",
+        knowledge_api.DocumentListView.as_view(),
+        name="api-collection-documents",
+    ),
+    path("documents/<str:document_id>", knowledge_api.DocumentDetailView.as_view(), name="api-document"),
+    path(
+        "documents/<str:document_id>/chunks", knowledge_api.DocumentChunkListView.as_view(), name="api-document-chunks"
+    ),
+    path("documents/<str:document_id>/file", knowledge_api.DocumentFileView.as_view(), name="api-document-file"),
     path("schema", SpectacularAPIView.as_view(), name="api-schema"),
     # The browsable page, with its assets from drf-spectacular-sidecar (no CDN) and its script served apart
     # from the page (the split view), as the Content Security Policy allows no inline script.

@@ -6,6 +6,7 @@ A `.env` file beside `manage.py`, if present, is read first; real environment va
 """
 
 import secrets
+import sys
 from pathlib import Path
 
 import environ
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
     "channels",
     "chats",
     "pipelines",
+    "knowledge",
 ]
 
 MIDDLEWARE = [
@@ -116,6 +118,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Vector search on SQLite loads sqlite-vec into each connection (knowledge.vectors), and this Python's
+    # own sqlite3 module is built without extension loading: Django's SQLite backend gets the sqlean.py
+    # build of the same DB-API module instead (SQLite 3.50, loadable extensions on).
+    import sqlean
+
+    sys.modules["sqlite3"] = sqlean
+    sys.modules["sqlite3.dbapi2"] = sqlean.dbapi2
 DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=20)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE > 0:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -192,6 +201,10 @@ REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL
 CELERY_TASK_DEFAULT_QUEUE = env.str("CHATSITE_CELERY_QUEUE", default="chatsite")
+# Document ingestion has a queue (and, in the Procfile, a worker) of its own, so that a long PDF never
+# holds up replies.
+CHATSITE_INGEST_QUEUE = env.str("CHATSITE_INGEST_QUEUE", default="chatsite-ingest")
+CELERY_TASK_ROUTES = {"knowledge.ingest_document": {"queue": CHATSITE_INGEST_QUEUE}}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None
@@ -220,6 +233,13 @@ CHATSITE_MAX_MESSAGE_CHARS = env.int("CHATSITE_MAX_MESSAGE_CHARS", default=32000
 CHATSITE_MAX_TITLE_CHARS = 200
 # Most earlier messages of a branch put into one prompt (the context window may allow fewer).
 CHATSITE_MAX_HISTORY_MESSAGES = env.int("CHATSITE_MAX_HISTORY_MESSAGES", default=50)
+
+# Documents and retrieval (knowledge)
+CHATSITE_MAX_UPLOAD_BYTES = env.int("CHATSITE_MAX_UPLOAD_BYTES", default=20 * 1024 * 1024)  # one file
+CHATSITE_EMBEDDING_MODEL = env.str("CHATSITE_EMBEDDING_MODEL", default="all-minilm-l6-v2")  # for new collections
+CHATSITE_CHUNK_TOKENS = env.int("CHATSITE_CHUNK_TOKENS", default=200)  # new collections' chunk size
+CHATSITE_CHUNK_OVERLAP_TOKENS = env.int("CHATSITE_CHUNK_OVERLAP_TOKENS", default=40)
+CHATSITE_MAX_ATTACHMENTS = 20  # documents attached to one message (seed 002)
 # Largest request body, in bytes; larger ones get 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("CHATSITE_MAX_REQUEST_BYTES", default=1_048_576)
 

@@ -29,7 +29,8 @@ class WorkflowForm(forms.ModelForm):
 
     def clean_steps(self) -> list[dict]:
         try:
-            return validate_steps(self.cleaned_data.get("steps") or [])
+            # `owner` is cleaned before `steps` (field order): retrieve steps may name only its collections.
+            return validate_steps(self.cleaned_data.get("steps") or [], owner=self.cleaned_data.get("owner"))
         except ApiValidationError as exc:
             raise forms.ValidationError([str(message) for message in exc.detail]) from exc
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
@@ -31,20 +32,29 @@ def _pool() -> ThreadPoolExecutor:
         return _executor
 
 
-def _generate(message_id: str) -> None:
-    from pipelines.runner import run_reply
-
+def _run(what: str, job: Callable[[str], object], object_id: str) -> None:
     try:
-        run_reply(message_id)
+        job(object_id)
     except Exception:
-        logger.exception("reply %s failed in the embedded worker", message_id)
+        logger.exception("%s %s failed in the embedded worker", what, object_id)
     finally:
         connections.close_all()  # this thread's connection goes back (to the pool, on PostgreSQL)
 
 
+def _generate(message_id: str) -> None:
+    from pipelines.runner import run_reply
+
+    run_reply(message_id)
+
+
 def submit(message_id: str) -> None:
     """Generate the reply `message_id` on the embedded thread pool."""
-    _pool().submit(_generate, message_id)
+    _pool().submit(_run, "reply", _generate, message_id)
+
+
+def submit_job(what: str, job: Callable[[str], object], object_id: str) -> None:
+    """Run `job(object_id)` on the embedded thread pool (document ingestion, say); `what` names it in logs."""
+    _pool().submit(_run, what, job, object_id)
 
 
 def _watch() -> None:

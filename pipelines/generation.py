@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 MESSAGE_OVERHEAD_TOKENS = 8
 # Rows of an sql step's result shown to the model.
 SQL_CONTEXT_ROWS = 50
+# Tokens kept free when numbered sources are fitted into the prompt (wrapping text, the question's label).
+SOURCES_MARGIN_TOKENS = 64
+CITE_INSTRUCTIONS = (
+    "Answer from the numbered sources given with the question when they are relevant, and cite each source you "
+    "use by its number in square brackets, like [1]. If the sources do not hold the answer, say so."
+)
 DEFAULT_REWRITE_INSTRUCTIONS = (
     "Rewrite the user's last question as one short, self-contained question. Answer with the question only."
 )
@@ -53,7 +59,7 @@ def branch_history(message: Message) -> list[Message]:
     rows = {
         m.id: m
         for m in Message.objects.filter(chat_id=message.chat_id).only(
-            "id", "parent_id", "role", "content", "status", "tool_calls"
+            "id", "parent_id", "role", "content", "status", "tool_calls", "attachments"
         )
     }
     chain: list[Message] = []
@@ -192,6 +198,9 @@ class ReplyGeneration:
     finish_reason: str = "stop"
     last_provider: Provider | None = None
     last_prompt: list[ChatMessage] = field(default_factory=list)
+    # Passages found by retrieve steps, then (at the generate step) the sources shown and saved.
+    retrieved: list[Any] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def message_id(self) -> str:
@@ -316,6 +325,104 @@ class ReplyGeneration:
         self.context.append(sql_context(connector.name, result))
         return {"rowCount": result["rowCount"], "columns": result["columns"]}
 
+    def _step_retrieve(self, step: dict, explicit: bool, index: int) -> dict | None:
+        from knowledge.embeddings import EmbeddingError
+        from knowledge.retrieval import SourceConfig, retrieve
+
+        if step["sources"]:
+            sources = [
+                SourceConfig(
+                    collection_id=source["collection"],
+                    limit=source["limit"],
+                    similarity_threshold=source["similarity_threshold"],
+                    weight=source["weight"],
+                    metadata_filters=source["metadata_filters"],
+                )
+                for source in step["sources"]
+            ]
+        else:
+            sources = [SourceConfig(limit=step["limit"], similarity_threshold=step["similarity_threshold"])]
+        try:
+            found = retrieve(
+                self.message.chat.owner,
+                self._current_question(),
+                sources,
+                strategy=step["retrieval_strategy"],
+                max_total=step["max_total_results"],
+            )
+        except EmbeddingError as exc:
+            raise GenerationError(exc.code, exc.message, retryable=exc.retryable) from exc
+        except ValueError as exc:
+            raise GenerationError("retrieval_failed", str(exc)) from exc
+        known = {r.hit.chunk_id for r in self.retrieved}
+        self.retrieved += [r for r in found if r.hit.chunk_id not in known]
+        return {"resultCount": len(found)}
+
+    def _attachments(self) -> list[str]:
+        question = self.history[-1] if self.history and self.history[-1].role == Message.Role.USER else None
+        return [str(a) for a in (question.attachments or [])] if question is not None else []
+
+    def _gather_sources(self, provider: Provider, budget: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """The sources for this answer, numbered from 1, and their texts, within `budget` tokens.
+
+        Attached documents come first: whole when they fit, else their passages closest to the question;
+        then the retrieve steps' passages, in their order, while they fit.
+        """
+        from knowledge.access import visible_documents
+        from knowledge.embeddings import EmbeddingError
+        from knowledge.models import Document
+        from knowledge.retrieval import SourceConfig, retrieve
+
+        sources: list[dict[str, Any]] = []
+        texts: list[str] = []
+
+        def add(source: dict[str, Any], text: str) -> bool:
+            nonlocal budget
+            block = f"[{len(sources) + 1}] {source['title']}\n{text}"
+            cost = provider.count_tokens(block) + 2
+            if cost > budget:
+                return False
+            budget -= cost
+            sources.append({**source, "number": len(sources) + 1})
+            texts.append(block)
+            return True
+
+        owner = self.message.chat.owner
+        attached = list(
+            visible_documents(owner)
+            .filter(id__in=self._attachments(), status=Document.Status.READY)
+            .only("id", "title", "text", "collection_id")
+        )
+        for document in attached:
+            whole = {
+                "id": str(document.id),
+                "title": document.title,
+                "snippet": " ".join(document.text[:300].split()),
+                "score": 1.0,
+                "documentId": str(document.id),
+                "collectionId": str(document.collection_id),
+                "page": None,
+                "start": 0,
+                "end": len(document.text),
+            }
+            if add(whole, document.text):
+                continue
+            try:
+                passages = retrieve(
+                    owner,
+                    self._current_question(),
+                    [SourceConfig(collection_id=str(document.collection_id), limit=8, similarity_threshold=0.0)],
+                    max_total=8,
+                    document_ids=[str(document.id)],
+                )
+            except EmbeddingError as exc:
+                raise GenerationError(exc.code, exc.message, retryable=exc.retryable) from exc
+            for passage in passages:
+                add(passage.as_source(0), passage.hit.text)
+        for passage in self.retrieved:
+            add(passage.as_source(0), passage.hit.text)
+        return sources, texts
+
     def _step_generate(self, step: dict, explicit: bool, index: int) -> dict | None:
         workflow = self.message.workflow
         config = _model(step.get("model") or self.message.model_id)
@@ -335,6 +442,16 @@ class ReplyGeneration:
             detail["note"] = f"The model '{config.model_id}' cannot call tools; it answered without them."
             tools = []
         question = self._current_question()
+        if self.retrieved or self._attachments():
+            used = sum(
+                provider.count_tokens(text) for text in [*self.system, CITE_INSTRUCTIONS, *self.context, question]
+            )
+            budget = config.context_window - max_tokens - used - SOURCES_MARGIN_TOKENS
+            self.sources, texts = self._gather_sources(provider, budget)
+            if self.sources:
+                self.system.append(CITE_INSTRUCTIONS)
+                self.context.append("Sources:\n\n" + "\n\n".join(texts))
+                self.publish(events.sources_event(self.sources))
         if self.context:
             question = "\n\n".join(self.context) + f"\n\nQuestion: {question}"
         prompt = build_prompt(
@@ -434,6 +551,7 @@ class ReplyGeneration:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             tool_calls=self.tool_records,
+            sources=self.sources,
         ):
             return None
         left = self._record_usage()
@@ -464,6 +582,7 @@ class ReplyGeneration:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             tool_calls=self.tool_records,
+            sources=self.sources,
         ):
             return None
         left = self._record_usage()
@@ -488,6 +607,7 @@ class ReplyGeneration:
             content="".join(self.parts),
             error=error,
             tool_calls=self.tool_records,
+            sources=self.sources,
         ):
             return None
         self._record_usage()

@@ -52,7 +52,9 @@ class WorkflowSerializer(serializers.ModelSerializer):
         extra_kwargs = {"description": {"required": False, "max_length": 2000}}
 
     def validate_steps(self, value: object) -> list[dict]:
-        return validate_steps(value)
+        # A new workflow is the caller's; an existing one keeps its owner (None: shared).
+        owner = self.instance.owner if self.instance is not None else self.context["request"].user
+        return validate_steps(value, owner=owner)
 
     def get_fields(self):
         fields = super().get_fields()

@@ -7,6 +7,13 @@ A workflow's `steps` is a list of objects, each with a `type`:
   after it: optional `instructions`, `model` (a modelId), `max_tokens` (1-512, default 64);
 - `sql`: a read-only `query` on the `connector` named (a `pipelines.Connector`); `%(text)s` in the query is
   bound to the current question; the columns and rows go to the `generate` step as context;
+- `retrieve`: passages of the user's documents for the question (seed 002's RAG options): `sources` (each
+  a `collection` id, or none for every collection the user may search, with `limit` 1-50 (5),
+  `similarity_threshold` 0-1 (0.7), `weight` 0-2 (1) and `metadata_filters` {key: value or [values]});
+  no `sources` means every collection the user may search, with the step's own `limit` and
+  `similarity_threshold`; `retrieval_strategy` (`merge`, `sequential`, `ensemble`; see
+  `knowledge.retrieval`) and `max_total_results` 1-50 (10). The passages go to the `generate` step,
+  numbered for citations, and out in one `sources` event before the first `content` event;
 - `generate`: the answer, streamed: optional `model`, `temperature` (0-2), `max_tokens`, `tools` (names from
   the tool registry), `max_tool_rounds` (0-10, default 3) and `tool_choice` (`auto`, `required`, or the name of
   one of its tools to force that call while tool rounds are left: some servers call tools only when forced).
@@ -23,7 +30,7 @@ MAX_STEPS = 20
 
 
 class _Step(serializers.Serializer):
-    type = serializers.ChoiceField(choices=["system_prompt", "rewrite_query", "sql", "generate"])
+    type = serializers.ChoiceField(choices=["system_prompt", "rewrite_query", "sql", "retrieve", "generate"])
 
 
 class SystemPromptStep(_Step):
@@ -41,6 +48,40 @@ class SqlStep(_Step):
     query = serializers.CharField(max_length=20000)
 
 
+class MetadataFiltersField(serializers.DictField):
+    """`{key: value}` or `{key: [values]}`: plain keys, scalar values (see knowledge.vectors.metadata_q)."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        from knowledge.vectors import METADATA_KEY
+
+        value = super().to_internal_value(data)
+        for key, wanted in value.items():
+            if not METADATA_KEY.match(key):
+                raise serializers.ValidationError(f"'{key}' is not a plain name (letters, digits, _).")
+            values = wanted if isinstance(wanted, list) else [wanted]
+            if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+                raise serializers.ValidationError(f"'{key}': give a text, number or boolean, or a list of them.")
+        return value
+
+
+class RetrieveSource(serializers.Serializer):
+    collection = serializers.UUIDField(required=False, allow_null=True, default=None)
+    limit = serializers.IntegerField(min_value=1, max_value=50, required=False, default=5)
+    similarity_threshold = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, default=0.7)
+    weight = serializers.FloatField(min_value=0.0, max_value=2.0, required=False, default=1.0)
+    metadata_filters = MetadataFiltersField(required=False, default=dict)
+
+
+class RetrieveStep(_Step):
+    sources = serializers.ListField(child=RetrieveSource(), required=False, max_length=20, default=list)
+    limit = serializers.IntegerField(min_value=1, max_value=50, required=False, default=5)
+    similarity_threshold = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, default=0.7)
+    retrieval_strategy = serializers.ChoiceField(
+        choices=["merge", "sequential", "ensemble"], required=False, default="merge"
+    )
+    max_total_results = serializers.IntegerField(min_value=1, max_value=50, required=False, default=10)
+
+
 class GenerateStep(_Step):
     model = serializers.CharField(max_length=100, required=False)
     temperature = serializers.FloatField(min_value=0.0, max_value=2.0, required=False)
@@ -54,6 +95,7 @@ STEP_SERIALIZERS: dict[str, type[_Step]] = {
     "system_prompt": SystemPromptStep,
     "rewrite_query": RewriteQueryStep,
     "sql": SqlStep,
+    "retrieve": RetrieveStep,
     "generate": GenerateStep,
 }
 
@@ -66,8 +108,29 @@ def _describe(errors: Any) -> str:
     return str(errors)
 
 
-def validate_steps(steps: Any) -> list[dict[str, Any]]:
+ANY_OWNER = object()
+
+
+def _collection_problem(collection_id: Any, owner: Any) -> str | None:
+    """Why a retrieve source may not name this collection (None: it may), for a workflow of `owner`."""
+    from knowledge.models import Collection
+
+    collection = Collection.objects.filter(id=collection_id).first()
+    if collection is None:
+        return f"no collection {collection_id}."
+    if owner is ANY_OWNER or collection.owner_id is None:
+        return None
+    if owner is None or collection.owner_id != owner.id:
+        # A shared workflow runs for everyone, so it may name shared collections only.
+        return f"collection {collection_id} is not yours to search."
+    return None
+
+
+def validate_steps(steps: Any, *, owner: Any = ANY_OWNER) -> list[dict[str, Any]]:
     """Check a workflow's steps and return them normalised (defaults filled in, unknown keys dropped).
+
+    `owner` is the workflow's owner (None: a shared workflow): a retrieve step may name only collections
+    that owner may search (a shared workflow: shared collections). Leave it out to skip that check.
 
     Raises:
         serializers.ValidationError: a list of messages, one per problem, each naming the step
@@ -106,6 +169,12 @@ def validate_steps(steps: Any) -> list[dict[str, Any]]:
             choice = data.get("tool_choice")
             if choice and choice not in ("auto", "required", *data.get("tools", [])):
                 problems.append(f"Step {number} (generate): tool_choice: use auto, required, or one of its tools.")
+        if kind == "retrieve":
+            for source in data["sources"]:
+                source["collection"] = str(source["collection"]) if source["collection"] else None
+                problem = source["collection"] and _collection_problem(source["collection"], owner)
+                if problem:
+                    problems.append(f"Step {number} (retrieve): sources: {problem}")
         if kind == "sql":
             if not Connector.objects.filter(name=data["connector"], is_active=True).exists():
                 problems.append(f"Step {number} (sql): connector: no active connector named '{data['connector']}'.")

@@ -106,6 +106,19 @@ def smollm2(db) -> ModelConfig:
 
 
 @pytest.fixture
+def minilm(db):
+    """The default embedding model, all-MiniLM-L6-v2 (the data migration's row, recreated if a flush removed
+    it)."""
+    from knowledge.models import EmbeddingModel
+
+    model, _ = EmbeddingModel.objects.update_or_create(
+        name="all-minilm-l6-v2",
+        defaults={"display_name": "all-MiniLM-L6-v2 (local)", "provider": "local", "dimensions": 384},
+    )
+    return model
+
+
+@pytest.fixture
 def bob_workflow(bob) -> Workflow:
     return Workflow.objects.create(owner=bob, name="Bob's private workflow", system_prompt="Be terse.")
 

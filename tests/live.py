@@ -120,11 +120,13 @@ def start_stack(
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="chatsite-live-"))
     prefix = f"live:{uuid.uuid4().hex[:8]}:"
+    queue, ingest_queue = f"live-{uuid.uuid4().hex}", f"live-ingest-{uuid.uuid4().hex}"
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "CHATSITE_CELERY_QUEUE": f"live-{uuid.uuid4().hex}",
+        "CHATSITE_CELERY_QUEUE": queue,
+        "CHATSITE_INGEST_QUEUE": ingest_queue,
         "CHATSITE_STREAM_KEY_PREFIX": prefix,
         "PYTHONUNBUFFERED": "1",
         **LIFECYCLE_ENV,
@@ -139,6 +141,9 @@ def start_stack(
             *celery,
             "worker",
             f"--concurrency={concurrency}",
+            # One worker takes replies and document ingestion here (the Procfile runs one for each).
+            "-Q",
+            f"{queue},{ingest_queue}",
             "--without-mingle",
             "--without-gossip",
             "--loglevel=INFO",

@@ -1,0 +1,1 @@
+"""The user's documents: collections, uploads, ingestion (extract, split, embed) and retrieval."""

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class KnowledgeConfig(AppConfig):
+    name = "knowledge"
+    verbose_name = "Documents and retrieval"
+
+    def ready(self) -> None:
+        from django.db.backends.signals import connection_created
+
+        from knowledge.vectors import load_sqlite_vec
+
+        # Every SQLite connection gets sqlite-vec's functions (vec_distance_cosine) for vector search.
+        connection_created.connect(load_sqlite_vec, dispatch_uid="knowledge.load_sqlite_vec")
