@@ -6,6 +6,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from chats import views
+from knowledge import views as knowledge_views
 
 urlpatterns = [
     path("", views.chat_page, name="chat-home"),
@@ -22,6 +23,8 @@ urlpatterns = [
     path("logout", auth_views.LogoutView.as_view(), name="logout"),
     path("signup", views.signup, name="signup"),
     path("keys", views.api_keys_page, name="api-keys-page"),
+    path("documents", knowledge_views.documents_page, name="documents-page"),
+    path("documents/<str:document_id>", knowledge_views.document_page, name="document-page"),
     path("admin/", admin.site.urls),
     path("api/", include("chats.urls")),
 ]

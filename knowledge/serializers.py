@@ -101,6 +101,10 @@ class DocumentSerializer(serializers.ModelSerializer):
 class MetadataJSONField(MetadataFiltersField):
     """A document's metadata: a JSON object, given as a form field's text in a multipart upload."""
 
+    def get_value(self, dictionary: Any) -> Any:
+        # A form field's text, not DictField's `metadata[key]` form fields.
+        return dictionary.get(self.field_name, serializers.empty)
+
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if isinstance(data, str):
             try:

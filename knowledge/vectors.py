@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.db import connection, transaction
 from django.db.models import F, FloatField, Func, Q, QuerySet, Value
 
 from knowledge.fields import EmbeddingField
@@ -102,7 +103,7 @@ def nearest_chunks(
 
     Args:
         vector: the query's embedding (float32, the collections' model's dimension).
-        min_score: the least cosine similarity kept, in [0, 1].
+        min_score: the least cosine similarity kept, in [0, 1]; 0 keeps everything (scores below 0 show as 0).
         metadata_filters: see `metadata_q`.
         document_ids: search only these documents.
     """
@@ -115,14 +116,12 @@ def nearest_chunks(
     if document_ids is not None:
         chunks = chunks.filter(document_id__in=document_ids)
     distance = CosineDistance("embedding", vector.astype("<f4"), dims)
-    rows = (
-        chunks.annotate(distance=distance)
-        .filter(distance__lte=1.0 - min_score)
-        .order_by("distance", "id")
-        .values_list(
-            "id", "document_id", "document__title", "collection_id", "text", "page", "start", "end", "distance"
-        )[:limit]
-    )
+    chunks = chunks.annotate(distance=distance)
+    if min_score > 0:
+        chunks = chunks.filter(distance__lte=1.0 - min_score)
+    rows = chunks.order_by("distance", "id").values_list(
+        "id", "document_id", "document__title", "collection_id", "text", "page", "start", "end", "distance"
+    )[:limit]
     return [
         ChunkHit(
             chunk_id=row[0],

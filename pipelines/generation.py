@@ -329,26 +329,27 @@ class ReplyGeneration:
         from knowledge.embeddings import EmbeddingError
         from knowledge.retrieval import SourceConfig, retrieve
 
-        if step["sources"]:
-            sources = [
-                SourceConfig(
-                    collection_id=source["collection"],
-                    limit=source["limit"],
-                    similarity_threshold=source["similarity_threshold"],
-                    weight=source["weight"],
-                    metadata_filters=source["metadata_filters"],
-                )
-                for source in step["sources"]
-            ]
-        else:
-            sources = [SourceConfig(limit=step["limit"], similarity_threshold=step["similarity_threshold"])]
+        # Steps saved through the API or the admin are normalised; rows written otherwise may lack defaults.
+        defaults = {"limit": 5, "similarity_threshold": 0.7, "weight": 1.0, "metadata_filters": {}}
+        sources = [
+            SourceConfig(
+                collection_id=source.get("collection"),
+                **{key: source.get(key, default) for key, default in defaults.items()},
+            )
+            for source in step.get("sources") or []
+        ] or [
+            SourceConfig(
+                limit=step.get("limit", defaults["limit"]),
+                similarity_threshold=step.get("similarity_threshold", defaults["similarity_threshold"]),
+            )
+        ]
         try:
             found = retrieve(
                 self.message.chat.owner,
                 self._current_question(),
                 sources,
-                strategy=step["retrieval_strategy"],
-                max_total=step["max_total_results"],
+                strategy=step.get("retrieval_strategy", "merge"),
+                max_total=step.get("max_total_results", 10),
             )
         except EmbeddingError as exc:
             raise GenerationError(exc.code, exc.message, retryable=exc.retryable) from exc

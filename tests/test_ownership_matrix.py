@@ -6,16 +6,25 @@ endpoint cannot escape these checks.
 """
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from chats.models import ApiKey, Chat, Message, User
+from knowledge.models import Chunk, Collection, Document
 from pipelines.models import Workflow
 from tests.conftest import logged_in_client
 
 ROLES = ("owner", "other", "staff", "anon")
-SECRETS = ("Alice secret chat", "alice secret message", "alice secret prompt", "alice secret key")
+SECRETS = (
+    "Alice secret chat",
+    "alice secret message",
+    "alice secret prompt",
+    "alice secret key",
+    "Alice secret collection",
+    "alice secret document",
+)
 
 # route -> method -> (owner, other, staff, anon) expected status. Bodies: see BODIES.
 MATRIX = {
@@ -43,6 +52,17 @@ MATRIX = {
         "PATCH": (200, 403, 403, 401),
         "DELETE": (204, 403, 403, 401),
     },
+    "api/embedding-models": {"GET": (200, 200, 200, 401)},
+    "api/collections": {"GET": (200, 200, 200, 401), "POST": (201, 201, 201, 401)},
+    "api/collections/<str:collection_id>": {
+        "GET": (200, 403, 403, 401),
+        "PATCH": (200, 403, 403, 401),
+        "DELETE": (204, 403, 403, 401),
+    },
+    "api/collections/<str:collection_id>/documents": {"GET": (200, 403, 403, 401), "POST": (201, 403, 403, 401)},
+    "api/documents/<str:document_id>": {"GET": (200, 403, 403, 401), "DELETE": (204, 403, 403, 401)},
+    "api/documents/<str:document_id>/chunks": {"GET": (200, 403, 403, 401)},
+    "api/documents/<str:document_id>/file": {"GET": (200, 403, 403, 401)},
     "api/schema": {"GET": (200, 200, 200, 200)},
     "api/schema/docs": {"GET": (200, 200, 200, 200)},
 }
@@ -51,7 +71,14 @@ BODIES = {
     ("api/chats/<str:chat_id>", "PATCH"): {"title": "renamed"},
     ("api/workflows/<str:workflow_id>", "PATCH"): {"name": "renamed"},
     ("api/chats/<str:chat_id>/messages/<str:message_id>/regenerate", "POST"): {},
+    ("api/collections", "POST"): {"name": "new"},
+    ("api/collections/<str:collection_id>", "PATCH"): {"name": "renamed"},
+    ("api/collections/<str:collection_id>/documents", "POST"): lambda: {
+        "file": SimpleUploadedFile("notes.md", b"# Notes", content_type="text/markdown")
+    },
 }
+# Uploads are multipart; everything else is JSON.
+FORMATS = {("api/collections/<str:collection_id>/documents", "POST"): "multipart"}
 
 
 def api_routes() -> dict[str, set[str]]:
@@ -84,7 +111,7 @@ def test_every_api_route_and_method_is_in_the_matrix():
 
 
 @pytest.fixture
-def world(alice, bob, django_capture_on_commit_callbacks):
+def world(alice, bob, minilm, django_capture_on_commit_callbacks):
     """Alice's things, with secrets that nobody else may see."""
     staff = User.objects.create_user("sam", password="x", is_staff=True)
     chat = Chat.objects.create(owner=alice, title="Alice secret chat")
@@ -96,6 +123,15 @@ def world(alice, bob, django_capture_on_commit_callbacks):
     )  # fmt: skip
     workflow = Workflow.objects.create(owner=alice, name="wf", system_prompt="alice secret prompt")
     key = ApiKey.objects.create(owner=alice, name="alice secret key", prefix="cs_x", key_hash="0" * 64)
+    collection = Collection.objects.create(owner=alice, name="Alice secret collection", embedding_model=minilm)
+    document = Document.objects.create(
+        collection=collection, title="alice secret document", filename="secret.md", kind="markdown", size_bytes=9,
+        sha256="1" * 64, data=b"alice secret document", text="alice secret document", status="ready", chunk_count=1,
+    )  # fmt: skip
+    Chunk.objects.create(
+        document=document, collection=collection, index=0, text="alice secret document", start=0, end=21,
+        token_count=3, dimensions=3, embedding=[1.0, 0.0, 0.0],
+    )  # fmt: skip
     clients = {
         "owner": logged_in_client(alice),
         "other": logged_in_client(bob),
@@ -109,6 +145,8 @@ def world(alice, bob, django_capture_on_commit_callbacks):
         "message_id": reply.id,
         "workflow_id": workflow.id,
         "key_id": key.id,
+        "collection_id": collection.id,
+        "document_id": document.id,
     }
     with django_capture_on_commit_callbacks(execute=False):  # no worker runs here
         yield clients, ids
@@ -124,7 +162,8 @@ def test_matrix(world, scripted_model, route, method, role):
     for name, value in ids.items():
         path = path.replace(f"<str:{name}>", str(value))
     body = BODIES.get((route, method), {})
-    response = getattr(clients[role], method.lower())(path, body, format="json")
+    body = body() if callable(body) else body
+    response = getattr(clients[role], method.lower())(path, body, format=FORMATS.get((route, method), "json"))
     expected = MATRIX[route][method][ROLES.index(role)]
     assert response.status_code == expected, (response.status_code, getattr(response, "content", b"")[:300])
     if role != "owner" and not response.streaming:

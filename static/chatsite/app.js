@@ -27,9 +27,20 @@ const ui = {
   send: $("send"),
   stop: $("stop"),
   announce: $("announce"),
+  attach: $("attach"),
+  attachCount: $("attach-count"),
+  attachPicker: $("attach-picker"),
+  attachFilter: $("attach-filter"),
+  attachStatus: $("attach-status"),
+  attachList: $("attach-list"),
+  attachDone: $("attach-done"),
+  chips: $("attachment-chips"),
 };
 
 const state = { chats: [], chat: null, running: null };
+// Documents: what is known of each (id -> {title, collection, status}), the ready ones to pick from, and the
+// ids attached to the next message.
+const docs = { known: new Map(), ready: [], attached: [] };
 const STEP_LABELS = {
   system_prompt: "Instructions",
   rewrite_query: "Rewriting the question",
@@ -159,10 +170,17 @@ function messageElement(role) {
   return element;
 }
 
-function addUserMessage(text) {
+function addUserMessage(text, attachments = []) {
   const element = messageElement("user");
   // What people type is shown as typed: text, never markup.
   element.querySelector(".body").textContent = text;
+  if (attachments.length) {
+    const list = document.createElement("ul");
+    list.className = "chips message-attachments";
+    list.setAttribute("aria-label", "Attached documents");
+    for (const id of attachments) list.append(attachmentChip(id));
+    element.querySelector(".body").after(list);
+  }
   return element;
 }
 
@@ -238,6 +256,19 @@ class ReplyView {
     }
   }
 
+  /** The numbered passages the reply was written from (`sources` event or a saved message's sources). */
+  sources(sources) {
+    this.element.querySelector(".sources")?.remove();
+    if (!sources || !sources.length) return;
+    const box = document.createElement("section");
+    box.className = "sources";
+    box.setAttribute("aria-label", "Sources");
+    const list = document.createElement("ol");
+    sources.forEach((source, index) => list.append(sourceItem(source, index)));
+    box.append(list);
+    this.meta.before(box);
+  }
+
   generating(on) {
     this.element.classList.toggle("generating", on);
     this.element.setAttribute("aria-busy", String(on));
@@ -278,13 +309,14 @@ function scrollToEnd() {
 
 function renderSaved(message) {
   if (message.role === "user") {
-    addUserMessage(message.content);
+    addUserMessage(message.content, message.attachments || []);
     return null;
   }
   const view = new ReplyView();
   view.element.dataset.messageId = message.id;
   for (const call of message.toolCalls || []) view.tool(call);
   view.setText(message.content);
+  view.sources(message.sources);
   if (message.status === "failed" && message.error) view.fail(message.error.code, message.error.message);
   else if (message.status === "completed" || message.status === "cancelled") view.finish(message);
   return view;
@@ -317,6 +349,8 @@ async function followReply(response, view, chatId) {
           state.running = { messageId, view };
         } else if (data.type === "content") {
           view.append(data.delta);
+        } else if (data.type === "sources") {
+          view.sources(data.sources);
         } else if (data.type === "step") {
           view.step(data);
         } else if (data.type === "tool_call" || data.type === "tool_result") {
@@ -377,7 +411,7 @@ async function attachRunning(chatId, messageId) {
   if (response.ok) await followReply(response, view, chatId);
 }
 
-async function sendMessage(text) {
+async function sendMessage(text, attachments = []) {
   let chat = state.chat;
   if (!chat) {
     chat = await api("POST", "/api/chats", {
@@ -389,7 +423,7 @@ async function sendMessage(text) {
     showChatControls(true);
   }
   removeRegenerate();
-  addUserMessage(text);
+  addUserMessage(text, attachments);
   const view = new ReplyView();
   view.generating(true);
   scrollToEnd();
@@ -403,6 +437,7 @@ async function sendMessage(text) {
       modelId: ui.modelPicker.value,
       userId: boot.userId,
       workflowId: ui.workflowPicker.value || null,
+      attachments,
     },
     chat.id,
   );
@@ -543,10 +578,14 @@ ui.composer.addEventListener("submit", async (event) => {
     return;
   }
   ui.prompt.value = "";
+  const attachments = [...docs.attached];
+  setAttached([]);
+  closePicker({ focus: false });
   try {
-    await sendMessage(text);
+    await sendMessage(text, attachments);
   } catch (error) {
-    ui.prompt.value = text; // nothing is lost: the text goes back into the composer
+    ui.prompt.value = text; // nothing is lost: the text and attachments go back into the composer
+    setAttached(attachments);
     announce(error.message);
   }
 });
