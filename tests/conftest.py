@@ -222,3 +222,13 @@ def sql_analyst(db, monkeypatch):
     Connector.objects.get_or_create(name="demo", defaults={"url_env": "CHATSITE_DEMO_DATABASE_URL"})
     workflow, _ = Workflow.objects.get_or_create(owner=None, name="SQL analyst", defaults={"steps": seed.STEPS})
     return workflow
+
+
+@pytest.fixture
+def ask_my_documents(db) -> Workflow:
+    """The seeded shared "Ask my documents" workflow (recreated: transactional tests empty the tables)."""
+    import importlib
+
+    seed = importlib.import_module("pipelines.migrations.0005_ask_my_documents")
+    workflow, _ = Workflow.objects.get_or_create(owner=None, name="Ask my documents", defaults={"steps": seed.STEPS})
+    return workflow

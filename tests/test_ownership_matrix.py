@@ -169,3 +169,48 @@ def test_matrix(world, scripted_model, route, method, role):
     if role != "owner" and not response.streaming:
         text = response.content.decode(errors="replace")
         assert not any(secret in text for secret in SECRETS), text[:300]
+
+
+# The browser pages (every route outside api/ and admin/), GET as (owner, other, staff, anon): the same
+# ownership rule as the API, with a redirect to the login page for anonymous visitors.
+PAGE_MATRIX = {
+    "": (200, 200, 200, 302),
+    "c/<str:chat_id>": (200, 403, 403, 302),
+    "login": (302, 302, 302, 200),  # logged-in users are sent on to their chats
+    "logout": (405, 405, 405, 405),  # POST only
+    "signup": (404, 404, 404, 404),  # off unless CHATSITE_ALLOW_SIGNUP
+    "keys": (200, 200, 200, 302),
+    "documents": (200, 200, 200, 302),
+    "documents/<str:document_id>": (200, 403, 403, 302),
+}
+
+
+def page_routes() -> set[str]:
+    return {
+        str(pattern.pattern)
+        for pattern in get_resolver().url_patterns
+        if isinstance(pattern, URLPattern) and not str(pattern.pattern).startswith(("api/", "admin/"))
+    }
+
+
+def test_every_page_route_is_in_the_page_matrix():
+    assert page_routes() == set(PAGE_MATRIX), f"pages not in the matrix: {page_routes() - set(PAGE_MATRIX)}"
+
+
+PAGE_CASES = [(route, role) for route in PAGE_MATRIX for role in ROLES]
+
+
+@pytest.mark.parametrize(("route", "role"), PAGE_CASES, ids=[f"GET /{r} as {role}" for r, role in PAGE_CASES])
+def test_page_matrix(world, route, role):
+    clients, ids = world
+    path = "/" + route
+    for name, value in ids.items():
+        path = path.replace(f"<str:{name}>", str(value))
+    response = clients[role].get(path)
+    expected = PAGE_MATRIX[route][ROLES.index(role)]
+    assert response.status_code == expected, (response.status_code, response.content[:300])
+    if expected == 302 and role == "anon":
+        assert response["Location"].startswith("/login?next=")
+    if role != "owner":
+        text = response.content.decode(errors="replace")
+        assert not any(secret in text for secret in SECRETS), text[:300]

@@ -567,6 +567,185 @@ async function deleteChat() {
   announce("Chat deleted.");
 }
 
+// --- Documents: attachments and sources ------------------------------------------------------------------
+
+/** Every item of a paginated list, following `next`. */
+async function listAll(path) {
+  const items = [];
+  let url = path;
+  while (url) {
+    const page = await api("GET", url);
+    items.push(...page.results);
+    const next = page.next ? new URL(page.next, window.location.href) : null;
+    url = next ? next.pathname + next.search : null;
+  }
+  return items;
+}
+
+function documentHref(documentId) {
+  return `/documents/${encodeURIComponent(documentId)}`;
+}
+
+/** One source under a reply: "[n] Title, p. X" linking to its passage, and its snippet. Text only. */
+function sourceItem(source, index) {
+  const item = document.createElement("li");
+  const link = document.createElement("a");
+  // A whole attached document has the document's id as its own; a passage links to its chunk.
+  const whole = !source.id || String(source.id) === String(source.documentId);
+  link.href = whole
+    ? documentHref(source.documentId)
+    : `${documentHref(source.documentId)}#chunk-${encodeURIComponent(source.id)}`;
+  const number = source.number || index + 1;
+  const page = source.page ? `, p. ${source.page}` : "";
+  link.textContent = `[${number}] ${source.title || "Untitled document"}${page}`;
+  item.append(link);
+  if (source.snippet) {
+    const snippet = document.createElement("span");
+    snippet.className = "snippet";
+    snippet.textContent = source.snippet;
+    item.append(snippet);
+  }
+  return item;
+}
+
+const lookups = new Map();
+
+/** What is known of a document (its title), asking the API once for one not seen yet. */
+function lookupDocument(id) {
+  if (docs.known.has(id)) return Promise.resolve(docs.known.get(id));
+  if (!lookups.has(id)) {
+    const found = api("GET", `/api/documents/${encodeURIComponent(id)}`)
+      .then((doc) => ({ title: doc.title || doc.filename, status: doc.status }))
+      .catch((error) => ({
+        title: error.status === 404 ? "Deleted document" : "Unavailable document",
+        missing: true,
+      }))
+      .then((info) => {
+        docs.known.set(id, info);
+        return info;
+      });
+    lookups.set(id, found);
+  }
+  return lookups.get(id);
+}
+
+/** A chip for a document attached to a past message: a link to the document's page. */
+function attachmentChip(id) {
+  const item = document.createElement("li");
+  item.className = "chip";
+  const link = document.createElement("a");
+  link.href = documentHref(id);
+  link.textContent = docs.known.get(id)?.title || "Document";
+  item.append(link);
+  lookupDocument(id).then((info) => {
+    link.textContent = info.title;
+    if (info.missing) link.replaceWith(Object.assign(document.createElement("span"), { textContent: info.title }));
+  });
+  return item;
+}
+
+function setAttached(ids) {
+  docs.attached = [...new Set(ids)];
+  ui.chips.replaceChildren(
+    ...docs.attached.map((id) => {
+      const title = docs.known.get(id)?.title || "Document";
+      const item = document.createElement("li");
+      item.className = "chip";
+      const label = document.createElement("span");
+      label.textContent = title;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "chip-remove";
+      remove.setAttribute("aria-label", `Remove ${title}`);
+      remove.textContent = "×";
+      remove.addEventListener("click", () => {
+        setAttached(docs.attached.filter((other) => other !== id));
+        announce(`${title} removed.`);
+        (ui.chips.querySelector(".chip-remove") || ui.prompt).focus();
+      });
+      item.append(label, remove);
+      return item;
+    }),
+  );
+  ui.chips.hidden = docs.attached.length === 0;
+  ui.attachCount.textContent = docs.attached.length ? ` (${docs.attached.length})` : "";
+  for (const box of ui.attachList.querySelectorAll("input[type=checkbox]")) {
+    box.checked = docs.attached.includes(box.value);
+  }
+}
+
+/** The ready documents of every collection the user may read (own and shared). */
+async function loadReadyDocuments() {
+  const collections = await listAll("/api/collections");
+  const lists = await Promise.all(
+    collections
+      .filter((collection) => collection.documentCount > 0)
+      .map(async (collection) => {
+        const found = await listAll(`/api/collections/${encodeURIComponent(collection.id)}/documents`);
+        return found.map((doc) => ({ ...doc, collectionName: collection.name, shared: collection.shared }));
+      }),
+  );
+  const all = lists.flat();
+  for (const doc of all) docs.known.set(doc.id, { title: doc.title || doc.filename, status: doc.status });
+  docs.ready = all.filter((doc) => doc.status === "ready");
+}
+
+function renderPicker() {
+  const query = ui.attachFilter.value.trim().toLowerCase();
+  const shown = docs.ready.filter(
+    (doc) => !query || `${doc.title} ${doc.filename} ${doc.collectionName}`.toLowerCase().includes(query),
+  );
+  ui.attachList.replaceChildren(
+    ...shown.map((doc) => {
+      const item = document.createElement("li");
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.value = doc.id;
+      box.checked = docs.attached.includes(doc.id);
+      box.addEventListener("change", () => {
+        const title = doc.title || doc.filename;
+        if (box.checked) setAttached([...docs.attached, doc.id]);
+        else setAttached(docs.attached.filter((id) => id !== doc.id));
+        announce(box.checked ? `${title} attached.` : `${title} removed.`);
+      });
+      const title = document.createElement("span");
+      title.className = "attach-title";
+      title.textContent = doc.title || doc.filename;
+      const where = document.createElement("span");
+      where.className = "attach-where";
+      where.textContent = doc.shared ? `${doc.collectionName} (shared)` : doc.collectionName;
+      label.append(box, title, where);
+      item.append(label);
+      return item;
+    }),
+  );
+  if (!docs.ready.length) ui.attachStatus.textContent = "No ready documents yet: upload some on the Documents page.";
+  else if (!shown.length) ui.attachStatus.textContent = "No ready document matches.";
+  else ui.attachStatus.textContent = "";
+}
+
+async function openPicker() {
+  ui.attachPicker.hidden = false;
+  ui.attach.setAttribute("aria-expanded", "true");
+  renderPicker();
+  if (!docs.ready.length) ui.attachStatus.textContent = "Loading your documents…";
+  ui.attachFilter.focus();
+  try {
+    await loadReadyDocuments();
+    if (!ui.attachPicker.hidden) renderPicker();
+  } catch (error) {
+    ui.attachStatus.textContent = `Your documents could not be listed: ${error.message}`;
+  }
+}
+
+function closePicker({ focus = true } = {}) {
+  if (ui.attachPicker.hidden) return;
+  ui.attachPicker.hidden = true;
+  ui.attach.setAttribute("aria-expanded", "false");
+  if (focus) ui.attach.focus();
+}
+
 // --- Wiring ----------------------------------------------------------------------------------------------
 
 ui.composer.addEventListener("submit", async (event) => {
@@ -634,6 +813,29 @@ window.addEventListener("popstate", () => {
 });
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && ui.app.classList.contains("sidebar-open")) setSidebar(false);
+});
+ui.attach.addEventListener("click", () => {
+  if (ui.attachPicker.hidden) openPicker();
+  else closePicker();
+});
+ui.attachDone.addEventListener("click", () => {
+  closePicker({ focus: false });
+  ui.prompt.focus();
+});
+ui.attachFilter.addEventListener("input", renderPicker);
+ui.attachFilter.addEventListener("keydown", (event) => {
+  if (event.key === "Enter") event.preventDefault(); // filtering, not sending the message
+});
+ui.attachPicker.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") {
+    event.stopPropagation();
+    closePicker();
+  }
+});
+document.addEventListener("click", (event) => {
+  if (!ui.attachPicker.hidden && !ui.attachPicker.contains(event.target) && !ui.attach.contains(event.target)) {
+    closePicker({ focus: false });
+  }
 });
 
 async function start() {
