@@ -79,8 +79,8 @@ def passages(document: Document) -> tuple[str, list[Passage], str]:
                 gap=text[own_end:next_begin],
             )
         )
-        previous_end = max(previous_end, end)
-    return text[: begins[0]], result, text[max(previous_end, begins[-1]) :]
+        previous_end = end
+    return text[: begins[0]], result, text[previous_end:]
 
 
 @login_required

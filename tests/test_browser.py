@@ -9,7 +9,9 @@ import pytest
 from django.conf import settings
 
 from chats.models import Chat, Message, User
+from knowledge.models import Chunk, Collection, Document
 from tests.conftest import E2E_PASSWORD
+from tests.test_knowledge import pdf_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -305,6 +307,158 @@ def test_tool_calls_show_in_the_reply(page, carol, scripted_model):
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     assert last_reply(page).locator("details.tool summary").inner_text() == "Tool: calculator (done)"
+
+
+LIGHTHOUSE_PAGES = [
+    "Keepers' handbook. Chapter one covers the history of the Neist Point lighthouse, built in 1909.",
+    "Chapter two. The lamp of the Neist Point lighthouse is lit thirty minutes before sunset and put out at dawn.",
+]
+TIDES = (
+    "# Tide tables\n\n"
+    "High tide at Portree harbour comes at 6:40 in the morning and 7:05 in the evening.\n\n"
+    "Low tide <script>window.__pwned = 'doc'</script> leaves the slipway dry for two hours.\n"
+)
+
+
+def open_documents_page(page):
+    page.get_by_role("link", name="Documents", exact=True).click()
+    page.wait_for_url("**/documents")
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def upload_files(page, collection: str, files: list[dict], timeout: float = 120_000) -> None:
+    """Make `collection` on the documents page, upload `files` into it, and wait until all are ready."""
+    page.get_by_label("New collection").fill(collection)
+    page.get_by_role("button", name="Create", exact=True).click()
+    page.wait_for_selector(f"#collection-list a[aria-current=page]:has-text('{collection}')")
+    assert page.get_by_role("heading", name=collection).is_visible()
+    page.get_by_label("Add files").set_input_files(files)
+    page.get_by_role("button", name="Upload", exact=True).click()
+    page.wait_for_selector(f"#document-rows tr >> nth={len(files) - 1}")
+    # The page polls every 2 s while a document is queued or processing; the worker reads them meanwhile.
+    page.wait_for_selector(
+        f"#document-rows:not(:has(tr[data-status=queued], tr[data-status=processing])) tr >> nth={len(files) - 1}",
+        timeout=timeout,
+    )
+    statuses = page.locator("#document-rows tr").evaluate_all("rows => rows.map(r => r.dataset.status)")
+    assert statuses == ["ready"] * len(files), page.locator("#document-rows").inner_text()
+
+
+def test_upload_a_markdown_file_and_read_it_on_its_page(page, carol, minilm):
+    open_documents_page(page)
+    assert page.get_by_role("heading", name="Your documents").is_visible()
+    upload_files(page, "Harbour notes", [{"name": "tides.md", "mimeType": "text/markdown", "buffer": TIDES.encode()}])
+    row = page.locator("#document-rows tr").first
+    assert row.locator(".status").inner_text() == "Ready"
+    document = Document.objects.get(collection__owner=carol, filename="tides.md")
+    assert document.status == "ready" and document.chunk_count >= 1
+    cells = row.locator("td").all_inner_texts()
+    assert cells[2].endswith(" B") and cells[4] == str(document.chunk_count)
+    assert page.locator("#upload-log li.ok").inner_text().startswith("tides.md: uploaded")
+    assert page.locator("#collection-list a[aria-current=page] .count").inner_text() == "1"
+    shot(page, "12-documents.png")
+
+    row.get_by_role("link", name="tides.md").click()
+    page.wait_for_url(f"**/documents/{document.id}")
+    assert page.get_by_role("heading", name="tides.md").is_visible()
+    assert page.locator("#doc-status").inner_text() == "ready"
+    download = page.get_by_role("link", name="Download tides.md")
+    assert download.get_attribute("href") == f"/api/documents/{document.id}/file"
+    text = page.locator("article.doc-text").inner_text()
+    assert "High tide at Portree harbour" in text and "<script>window.__pwned = 'doc'</script>" in text
+    assert page.evaluate("window.__pwned") is None and page.locator("article.doc-text script").count() == 0
+    chunk = Chunk.objects.filter(document=document).order_by("index").first()
+    page.goto(f"/documents/{document.id}#chunk-{chunk.id}")
+    target = page.locator(f"#chunk-{chunk.id}")
+    assert target.evaluate("element => element.matches(':target')")
+    assert target.evaluate("element => getComputedStyle(element).backgroundColor") != "rgba(0, 0, 0, 0)"
+    shot(page, "13-document-page.png")
+    with page.expect_download() as download_info:
+        download.click()
+    assert download_info.value.suggested_filename == "tides.md"
+
+
+def test_a_reply_from_documents_lists_its_sources_with_links(page, carol, scripted_model, minilm, ask_my_documents):
+    scripted_model.context_window = 4000
+    scripted_model.options = {"script": ["The lamp is lit ", "thirty minutes before sunset [2]."]}
+    scripted_model.save()
+    open_documents_page(page)
+    upload_files(
+        page,
+        "Trips",
+        [
+            {"name": "keepers.pdf", "mimeType": "application/pdf", "buffer": pdf_bytes(LIGHTHOUSE_PAGES)},
+            {"name": "tides.md", "mimeType": "text/markdown", "buffer": TIDES.encode()},
+        ],
+    )
+    tides = Document.objects.get(collection__owner=carol, filename="tides.md")
+    page.get_by_role("link", name="Chats", exact=True).click()
+    page.wait_for_selector("body[data-ready=true]")
+
+    # Attach the Markdown file from the picker; the workflow searches every collection for the rest.
+    page.get_by_role("button", name="Attach").click()
+    picker = page.get_by_role("dialog", name="Attach documents")
+    picker.get_by_label("tides.md").check()
+    assert page.get_by_role("list", name="Documents attached to the next message").inner_text().startswith("tides.md")
+    picker.get_by_role("button", name="Done").click()
+    assert not picker.is_visible()
+    page.get_by_label("Workflow").select_option(label="Ask my documents (shared)")
+    send(page, "When is the lighthouse lamp lit?")
+    wait_finished(page)
+    assert page.locator("#attachment-chips").is_hidden()  # cleared once sent
+
+    user = page.locator("article.message.user").last
+    chip = user.get_by_role("link", name="tides.md")
+    assert chip.get_attribute("href") == f"/documents/{tides.id}"
+    sources = last_reply(page).get_by_role("region", name="Sources").locator("li")
+    links = sources.locator("a")
+    texts = links.all_inner_texts()
+    reply = Message.objects.get(chat__owner=carol, role="assistant")
+    assert len(texts) == len(reply.sources) >= 2
+    assert texts[0] == "[1] tides.md" and links.first.get_attribute("href") == f"/documents/{tides.id}"
+    lamp = next(s for s in reply.sources if s["documentId"] != str(tides.id) and "sunset" in s["snippet"])
+    lamp_link = last_reply(page).locator(f"a[href='/documents/{lamp['documentId']}#chunk-{lamp['id']}']")
+    assert lamp_link.inner_text() == f"[{lamp['number']}] keepers.pdf, p. 2"
+    assert "thirty minutes before sunset" in lamp_link.locator("xpath=..").locator(".snippet").inner_text()
+    shot(page, "14-sources.png")
+
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert last_reply(page).get_by_role("region", name="Sources").locator("a").all_inner_texts() == texts
+    assert page.locator("article.message.user").last.get_by_role("link", name="tides.md").is_visible()
+
+    last_reply(page).locator(f"a[href='/documents/{lamp['documentId']}#chunk-{lamp['id']}']").click()
+    page.wait_for_url(f"**/documents/{lamp['documentId']}#chunk-{lamp['id']}")
+    target = page.locator(f"#chunk-{lamp['id']}")
+    assert target.evaluate("element => element.matches(':target')")
+    assert "thirty minutes before sunset" in target.inner_text() and "page 2" in target.inner_text()
+
+
+def test_on_a_phone_sources_and_the_picker_fit_the_screen(browser, live_stack, carol, scripted_model, minilm):
+    collection = Collection.objects.create(owner=carol, name="Phone notes", embedding_model=minilm)
+    text = "A short note about ferries leaving Mallaig at 9:15."
+    document = Document.objects.create(
+        collection=collection, title="ferries.md", filename="ferries.md", kind="markdown", size_bytes=len(text),
+        sha256="f" * 64, data=text.encode(), text=text, status="ready", chunk_count=0,
+    )  # fmt: skip
+    scripted_model.context_window = 4000
+    scripted_model.options = {"script": ["It leaves at 9:15 [1]."]}
+    scripted_model.save()
+    page = open_page(browser, live_stack.base_url, carol.username, width=390, height=844)
+    page.get_by_role("button", name="Attach").click()
+    picker = page.get_by_role("dialog", name="Attach documents")
+    picker.get_by_label("ferries.md").check()
+    box = picker.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    page.keyboard.press("Escape")
+    assert not picker.is_visible()
+    send(page, "When does the ferry leave?")
+    wait_finished(page)
+    link = last_reply(page).get_by_role("region", name="Sources").get_by_role("link")
+    assert link.inner_text() == "[1] ferries.md" and link.get_attribute("href") == f"/documents/{document.id}"
+    assert link.bounding_box()["x"] + link.bounding_box()["width"] <= 390
+    shot(page, "15-phone-sources.png")
+    page.context.close()
 
 
 def test_the_api_documentation_page_renders_offline_under_the_csp(page):

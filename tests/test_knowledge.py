@@ -112,7 +112,10 @@ def test_a_pdf_is_read_page_by_page_and_its_chunks_carry_their_page_number(
 def test_html_is_read_as_text_without_its_scripts_and_styles(
     alice_client, collection, django_capture_on_commit_callbacks
 ):
-    html = b"<html><head><style>p{color:red}</style></head><body><h1>Tides</h1><script>steal()</script><p>High tide at noon.</p></body></html>"
+    html = (
+        b"<html><head><style>p{color:red}</style></head>"
+        b"<body><h1>Tides</h1><script>steal()</script><p>High tide at noon.</p></body></html>"
+    )
     document = ingest_upload(
         alice_client, collection, "tides.html", html, "text/html", capture=django_capture_on_commit_callbacks
     )

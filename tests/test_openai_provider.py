@@ -8,6 +8,7 @@ not how clever it is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -46,7 +47,7 @@ CALCULATOR = {
 }
 
 
-def server_command(model: Path, port: int, api_key: str) -> list[str]:
+def server_command(model: Path, port: int, api_key: str, *extra: str) -> list[str]:
     """llama-cpp-python's OpenAI-compatible server; chatml-function-calling is its format that supports tools."""
     return [
         sys.executable,
@@ -64,17 +65,25 @@ def server_command(model: Path, port: int, api_key: str) -> list[str]:
         "chatml-function-calling",
         "--api_key",
         api_key,
+        *extra,
     ]
 
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory) -> Iterator[str]:
     """Start the server, wait until `GET /v1/models` answers, yield its API root, stop it at the end."""
+    with serve(tmp_path_factory.mktemp("openai_server")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve(log_dir: Path, *extra: str) -> Iterator[str]:
+    """Run llama_cpp.server on SmolLM2 (with `extra` arguments) until the block ends; yields its API root."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("openai_server") / "server.log"
+    log_path = log_dir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            server_command(embedded_model_path(), port, SERVER_KEY), stdout=log, stderr=subprocess.STDOUT
+            server_command(embedded_model_path(), port, SERVER_KEY, *extra), stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}/v1"
     try:

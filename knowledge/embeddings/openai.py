@@ -29,7 +29,7 @@ class OpenAIEmbedder:
         self.dimensions = dimensions
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        rows: list[list[float]] = []
+        rows: list[np.ndarray] = []
         for start in range(0, len(texts), BATCH_SIZE):
             batch = texts[start : start + BATCH_SIZE]
             try:
@@ -44,10 +44,16 @@ class OpenAIEmbedder:
                 raise EmbeddingError(
                     "embedding_unavailable", "The embedding server could not be reached.", retryable=True
                 ) from exc
-            rows.extend(item.embedding for item in sorted(answer.data, key=lambda item: item.index))
+            for item in sorted(answer.data, key=lambda item: item.index):
+                vector = np.asarray(item.embedding, dtype=np.float32)
+                if vector.ndim == 2:
+                    # One vector per token (llama.cpp's server for a model without pooling): mean pooling, as
+                    # sentence-transformers does.
+                    vector = vector.mean(axis=0)
+                rows.append(vector)
         if not rows:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        vectors = normalise(np.asarray(rows, dtype=np.float32))
+        vectors = normalise(np.stack(rows))
         if self.dimensions and vectors.shape[1] != self.dimensions:
             raise EmbeddingError(
                 "embedding_dimensions",
