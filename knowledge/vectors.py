@@ -119,9 +119,17 @@ def nearest_chunks(
     chunks = chunks.annotate(distance=distance)
     if min_score > 0:
         chunks = chunks.filter(distance__lte=1.0 - min_score)
-    rows = chunks.order_by("distance", "id").values_list(
+    query = chunks.order_by("distance", "id").values_list(
         "id", "document_id", "document__title", "collection_id", "text", "page", "start", "end", "distance"
     )[:limit]
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # An HNSW scan filters after it finds neighbours; without this, a filter that removes most of them
+            # (another collection's chunks, a metadata filter) leaves fewer than `limit` results. Iterative
+            # scans (pgvector 0.8) keep searching, in exact distance order.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+        rows = list(query)
     return [
         ChunkHit(
             chunk_id=row[0],
