@@ -320,6 +320,39 @@ TIDES = (
 )
 
 
+@pytest.fixture
+def warm_ingestion(session, minilm):
+    """A worker that has loaded the embedding model once.
+
+    Work-around: the live stack's short Celery time limits (tests/live.py: soft 8 s) also apply to ingestion,
+    and importing sentence-transformers on a busy machine can take longer, failing the first document with
+    SoftTimeLimitExceeded. Each attempt gets further (imported modules stay loaded), so a few tiny documents
+    warm the worker before the tests upload theirs; once warm this costs one quick ingestion.
+    """
+    client, token = session
+    created = client.post("/api/collections", json={"name": "warm-up"}, headers={"X-CSRFToken": token})
+    assert created.status_code == 201, created.text
+    collection_id = created.json()["id"]
+    status = None
+    for attempt in range(5):
+        uploaded = client.post(
+            f"/api/collections/{collection_id}/documents",
+            files={"file": (f"warm-{attempt}.txt", f"Warm-up text number {attempt}.".encode(), "text/plain")},
+            headers={"X-CSRFToken": token},
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = client.get(f"/api/documents/{uploaded.json()['id']}").json()["status"]
+            if status in ("ready", "failed"):
+                break
+            time.sleep(0.2)
+        if status == "ready":
+            break
+    assert status == "ready", "the worker never loaded the embedding model"
+    client.delete(f"/api/collections/{collection_id}", headers={"X-CSRFToken": token})
+
+
 def open_documents_page(page):
     page.get_by_role("link", name="Documents", exact=True).click()
     page.wait_for_url("**/documents")
@@ -344,7 +377,7 @@ def upload_files(page, collection: str, files: list[dict], timeout: float = 120_
     assert statuses == ["ready"] * len(files), page.locator("#document-rows").inner_text()
 
 
-def test_upload_a_markdown_file_and_read_it_on_its_page(page, carol, minilm):
+def test_upload_a_markdown_file_and_read_it_on_its_page(page, carol, minilm, warm_ingestion):
     open_documents_page(page)
     assert page.get_by_role("heading", name="Your documents").is_visible()
     upload_files(page, "Harbour notes", [{"name": "tides.md", "mimeType": "text/markdown", "buffer": TIDES.encode()}])
@@ -361,7 +394,7 @@ def test_upload_a_markdown_file_and_read_it_on_its_page(page, carol, minilm):
     row.get_by_role("link", name="tides.md").click()
     page.wait_for_url(f"**/documents/{document.id}")
     assert page.get_by_role("heading", name="tides.md").is_visible()
-    assert page.locator("#doc-status").inner_text() == "ready"
+    assert page.locator("#doc-status").text_content() == "ready"
     download = page.get_by_role("link", name="Download tides.md")
     assert download.get_attribute("href") == f"/api/documents/{document.id}/file"
     text = page.locator("article.doc-text").inner_text()
@@ -378,7 +411,9 @@ def test_upload_a_markdown_file_and_read_it_on_its_page(page, carol, minilm):
     assert download_info.value.suggested_filename == "tides.md"
 
 
-def test_a_reply_from_documents_lists_its_sources_with_links(page, carol, scripted_model, minilm, ask_my_documents):
+def test_a_reply_from_documents_lists_its_sources_with_links(
+    page, carol, scripted_model, minilm, ask_my_documents, warm_ingestion
+):
     scripted_model.context_window = 4000
     scripted_model.options = {"script": ["The lamp is lit ", "thirty minutes before sunset [2]."]}
     scripted_model.save()
