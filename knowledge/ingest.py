@@ -50,3 +50,27 @@ def run_ingestion(document_id: str) -> str | None:
         return None
     logger.info("document %s ready: %d chunks in %.2f s", document_id, len(pieces), time.monotonic() - started)
     return "ready"
+
+
+def requeue_stale_documents() -> int:
+    """The watchdog's part for documents: send again those still `queued` after CHATSITE_REQUEUE_SECONDS (their
+    task was lost, say with a Redis restart); at most once per that interval each. Returns how many."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from chats import events
+    from knowledge.models import Document
+
+    seconds = settings.CHATSITE_REQUEUE_SECONDS
+    stale = Document.objects.filter(
+        status=Document.Status.QUEUED, created_at__lt=timezone.now() - timedelta(seconds=seconds)
+    ).values_list("id", flat=True)
+    sent = 0
+    for document_id in stale:
+        if events.mark_requeued(f"document:{document_id}", seconds):
+            logger.warning("watchdog: document %s is still queued; sending it to the queue again", document_id)
+            actions.enqueue_ingestion(str(document_id))
+            sent += 1
+    return sent

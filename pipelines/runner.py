@@ -134,7 +134,8 @@ def end_lost_replies() -> int:
     `CHATSITE_WORKER_LOST_SECONDS` has lost its worker. If some of its text went out, it is ended with
     `error` `worker_lost` (retryable), keeping that text; if none did, it is queued again and generated
     normally. A reply `queued` for longer than `CHATSITE_REQUEUE_SECONDS` is enqueued again (claiming makes
-    a duplicate delivery harmless). Returns how many replies it ended.
+    a duplicate delivery harmless); so is a document still `queued` for that long. Returns how many replies it
+    ended.
     """
     now = timezone.now()
     lost_after = timedelta(seconds=settings.CHATSITE_WORKER_LOST_SECONDS)
@@ -162,4 +163,7 @@ def end_lost_replies() -> int:
         if events.mark_requeued(str(row.id), settings.CHATSITE_REQUEUE_SECONDS):
             logger.warning("watchdog: reply %s is still queued; sending it to the queue again", row.id)
             enqueue_reply(str(row.id))
+    from knowledge.ingest import requeue_stale_documents
+
+    requeue_stale_documents()
     return ended

@@ -381,3 +381,26 @@ def test_pdf_bytes_helper_makes_a_pdf_pypdf_reads():
     from pypdf import PdfReader
 
     assert "two" in PdfReader(io.BytesIO(pdf_bytes(["one", "two"]))).pages[1].extract_text()
+
+
+def test_the_watchdog_sends_a_document_lost_from_the_queue_again(alice, collection, settings, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from knowledge import actions
+    from pipelines.runner import end_lost_replies
+
+    sent = []
+    monkeypatch.setattr(actions, "enqueue_ingestion", sent.append)
+    settings.CHATSITE_REQUEUE_SECONDS = 60
+    lost = Document.objects.create(
+        collection=collection, title="lost.md", filename="lost.md", kind="markdown", size_bytes=1, sha256="l", data=b"x"
+    )
+    fresh = Document.objects.create(
+        collection=collection, title="new.md", filename="new.md", kind="markdown", size_bytes=1, sha256="n", data=b"y"
+    )
+    Document.objects.filter(id=lost.id).update(created_at=timezone.now() - timedelta(seconds=120))
+    end_lost_replies()
+    end_lost_replies()  # once per interval
+    assert sent == [str(lost.id)] and str(fresh.id) not in sent
