@@ -14,7 +14,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 # The demo sales database that the seeded "SQL analyst" workflow reads (manage.py seed_demo_database).
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev pgvector chaos bench clean
+.PHONY: run test lint format install install-dev pgvector chaos bench bench-retrieval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ chaos: install-dev
 # The relay benchmark: chatsite's stream path against a bare ASGI relay; prints its figures (bench/relay.py).
 bench: install-dev
 	$(BIN)/python bench/relay.py
+
+# Retrieval quality: recall@5 on tests/retrieval_set.py, ingestion chunks/s, query latency, PostgreSQL and
+# SQLite, against exact search; prints its figures (bench/retrieval.py).
+bench-retrieval: install-dev
+	$(BIN)/python bench/retrieval.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -19,11 +19,14 @@ the other. Figures:
   from the right document), MRR, and query latency p50/p95 (ms; embedding the query + the database search,
   over `--rounds` rounds of all questions);
 - the baseline, in the same run: exact search in numpy over every chunk vector of the collection loaded
-  from the database (brute-force cosine): its recall@5 and p50 (ms; embedding + search), and how much of the
-  exact top 5 the database returned (overlap, 1.0 = identical);
-- PostgreSQL only: whether the planner's plan for the search uses the HNSW index, and the same figures
-  with `enable_seqscan = off`, which makes the planner use the index whenever the query allows it (so the
-  approximate search is measured even on a table this small).
+  from the database (brute-force cosine): its recall@5 and latency (ms; embedding + search), and how much of
+  the exact top 5 each path returned (overlap, 1.0 = identical); "search alone" is a path's time without the
+  query embedding (for retrieve(), the time inside `nearest_chunks`);
+- PostgreSQL only: whether the plan of retrieve()'s search uses the HNSW index; the same figures with
+  sequential and bitmap scans off (the planner then takes the index whenever the query allows it, even on a
+  table this small); and the HNSW index alone (a bare nearest-5 query on the indexed expression), the
+  approximate search itself against exact search.
+Every path answers each question in turn, so that a busy machine slows them alike.
 
 Prints a table and writes everything as JSON (`--json`, default var/bench-retrieval.json). It never asserts.
 """
@@ -88,7 +91,7 @@ def measure(database_url: str, rounds: int) -> dict:
     from django.db import connection
 
     from chats.models import User
-    from knowledge import actions, ingest
+    from knowledge import actions, ingest, retrieval
     from knowledge.chunking import count_tokens
     from knowledge.embeddings import get_embedder
     from knowledge.ingest import run_ingestion
@@ -157,45 +160,87 @@ def measure(database_url: str, rounds: int) -> dict:
     source = SourceConfig(collection_id=str(collection.id), limit=K, similarity_threshold=0.0)
     retrieve(user, "warm up", [source], max_total=K)
 
-    def database_path() -> dict:
-        ranked: list[list[int]] = []
-        latencies: list[float] = []
-        for round_number in range(rounds):
-            for question in QUESTIONS:
-                started = time.perf_counter()
-                found = retrieve(user, question.text, [source], strategy="merge", max_total=K)
-                latencies.append((time.perf_counter() - started) * 1000)
-                if round_number == 0:
-                    ranked.append([r.hit.chunk_id for r in found])
-        return {"ranked": ranked, "latencies_ms": latencies}
+    # The database search inside retrieve(), timed on its own.
+    search_seconds: list[float] = []
+    nearest_chunks = retrieval.nearest_chunks
 
-    # Exact search: the query embedded the same way, cosine = dot product of unit vectors, full sort.
-    exact_ranked: list[list[int]] = []
-    exact_latencies: list[float] = []
-    embed_latencies: list[float] = []
+    def timed_nearest_chunks(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return nearest_chunks(*args, **kwargs)
+        finally:
+            search_seconds.append(time.perf_counter() - started)
+
+    retrieval.nearest_chunks = timed_nearest_chunks
+
+    def planner_prefers_indexes(on: bool) -> None:
+        if vendor != "postgresql":
+            return
+        with connection.cursor() as cursor:
+            for setting in ("enable_seqscan", "enable_bitmapscan"):
+                cursor.execute(f"SET {setting} = off" if on else f"RESET {setting}")
+
+    postgres = vendor == "postgresql"
+    paths = ["retriever", "exact_numpy"] + (["retriever_index_forced", "hnsw_index_alone"] if postgres else [])
+    ranked: dict[str, list[list[int]]] = {path: [] for path in paths}
+    total_ms: dict[str, list[float]] = {path: [] for path in paths}
+    search_ms: dict[str, list[float]] = {path: [] for path in paths}
+    embed_ms: list[float] = []
+    # Every path answers each question in turn, so that the machine's load falls on all of them alike.
     for round_number in range(rounds):
         for question in QUESTIONS:
-            started = time.perf_counter()
-            vector = embedder.embed([question.text])[0]
-            embedded = time.perf_counter()
-            order = np.argsort(-(matrix @ vector), kind="stable")[:K]
-            exact_latencies.append((time.perf_counter() - started) * 1000)
-            embed_latencies.append((embedded - started) * 1000)
-            if round_number == 0:
-                exact_ranked.append([chunk_ids[i] for i in order])
+            for path in paths:
+                if path == "exact_numpy":
+                    # Exact search: cosine = dot product of unit vectors over every chunk, full sort.
+                    started = time.perf_counter()
+                    vector = embedder.embed([question.text])[0]
+                    embedded = time.perf_counter()
+                    ids = [chunk_ids[i] for i in np.argsort(-(matrix @ vector), kind="stable")[:K]]
+                    done = time.perf_counter()
+                    embed_ms.append((embedded - started) * 1000)
+                elif path == "hnsw_index_alone":
+                    planner_prefers_indexes(True)
+                    started = time.perf_counter()
+                    vector = embedder.embed([question.text])[0]
+                    embedded = time.perf_counter()
+                    with connection.cursor() as cursor:
+                        cursor.execute(HNSW_ALONE, [vector_literal(vector)])
+                        ids = [row[0] for row in cursor.fetchall()]
+                    done = time.perf_counter()
+                    planner_prefers_indexes(False)
+                else:
+                    forced = path == "retriever_index_forced"
+                    planner_prefers_indexes(forced)
+                    search_seconds.clear()
+                    started = time.perf_counter()
+                    hits = retrieve(user, question.text, [source], strategy="merge", max_total=K)
+                    done = time.perf_counter()
+                    embedded = done - sum(search_seconds)
+                    ids = [r.hit.chunk_id for r in hits]
+                    if forced:
+                        planner_prefers_indexes(False)
+                total_ms[path].append((done - started) * 1000)
+                search_ms[path].append((done - embedded) * 1000)
+                if round_number == 0:
+                    ranked[path].append(ids)
 
-    def figures(ranked: list[list[int]], latencies: list[float]) -> dict:
-        scores = score([[(chunk_slug[chunk_pos[c]], chunk_text[chunk_pos[c]]) for c in ids] for ids in ranked])
+    def figures(path: str) -> dict:
+        scores = score(
+            [[(chunk_slug[chunk_pos[c]], chunk_text[chunk_pos[c]]) if c in chunk_pos else ("", "") for c in ids]
+             for ids in ranked[path]]
+        )  # fmt: skip
         overlap = statistics.fmean(
-            len(set(ids) & set(exact)) / K for ids, exact in zip(ranked, exact_ranked, strict=True)
+            len(set(ids) & set(exact)) / K for ids, exact in zip(ranked[path], ranked["exact_numpy"], strict=True)
         )
         return {
             "recall_at_5_chunk": round(scores.recall_chunk, 4),
             "recall_at_5_document": round(scores.recall_document, 4),
             "mrr": round(scores.mrr, 4),
             "overlap_with_exact_top5": round(overlap, 4),
-            "query_p50_ms": round(pct(latencies, 0.5), 2),
-            "query_p95_ms": round(pct(latencies, 0.95), 2),
+            "query_p50_ms": round(pct(total_ms[path], 0.5), 2),
+            "query_p95_ms": round(pct(total_ms[path], 0.95), 2),
+            "search_p50_ms": round(pct(search_ms[path], 0.5), 3),
+            "search_p95_ms": round(pct(search_ms[path], 0.95), 3),
             "misses": list(scores.misses),
         }
 
@@ -211,61 +256,35 @@ def measure(database_url: str, rounds: int) -> dict:
         "ingest_chunks_per_s": round(total_chunks / ingest_s, 1),
         "ingest_chunking_s": round(phase_s["chunking"], 3),
         "ingest_embedding_s": round(phase_s["embedding"], 3),
-        "query_embedding_p50_ms": round(pct(embed_latencies, 0.5), 2),
+        "query_embedding_p50_ms": round(pct(embed_ms, 0.5), 2),
         "rounds": rounds,
     }
-    measured = database_path()
-    result["retriever"] = figures(measured["ranked"], measured["latencies_ms"])
-    result["exact_numpy"] = figures(exact_ranked, exact_latencies)
-    if vendor == "postgresql":
+    for path in paths:
+        result[path] = figures(path)
+    if postgres:
         result["retriever"]["plan_uses_hnsw_index"] = search_plan_uses_index(user, source)
-        with connection.cursor() as cursor:
-            cursor.execute("SET enable_seqscan = off")
+        planner_prefers_indexes(True)
         try:
-            forced = database_path()
-            result["retriever_index_forced"] = figures(forced["ranked"], forced["latencies_ms"])
             result["retriever_index_forced"]["plan_uses_hnsw_index"] = search_plan_uses_index(user, source)
-        finally:
             with connection.cursor() as cursor:
-                cursor.execute("RESET enable_seqscan")
-        result["hnsw_index_alone"] = hnsw_probe(embedder, exact_ranked, rounds)
+                cursor.execute("EXPLAIN " + HNSW_ALONE, [vector_literal(embedder.embed(["probe"])[0])])
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+            result["hnsw_index_alone"]["plan_uses_hnsw_index"] = "hnsw" in plan
+        finally:
+            planner_prefers_indexes(False)
     return result
 
 
-def hnsw_probe(embedder, exact_ranked: list[list[int]], rounds: int) -> dict:
-    """The HNSW index by itself: a bare `ORDER BY distance LIMIT 5` on the indexed expression, over the whole
-    table (only this benchmark's chunks are in its own database), with sequential and bitmap scans off so that the index serves it.
-    Returns its top-5 overlap with exact search, p50 (ms; embedding + search) and whether the plan used it."""
-    from django.db import connection, transaction
+# The HNSW index by itself (PostgreSQL): a bare nearest-5 query on the indexed expression over the whole table
+# (only this benchmark's chunks are in its own database), run with sequential and bitmap scans off.
+HNSW_ALONE = (
+    "SELECT id FROM knowledge_chunk WHERE dimensions = 384 ORDER BY embedding::vector(384) <=> %s::vector(384) LIMIT 5"
+)
 
-    from tests.retrieval_set import QUESTIONS
 
-    sql = (
-        "SELECT id FROM knowledge_chunk WHERE dimensions = 384 "
-        "ORDER BY embedding::vector(384) <=> %s::vector(384) LIMIT " + str(K)
-    )
-    latencies: list[float] = []
-    overlaps: list[float] = []
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute("SET LOCAL enable_bitmapscan = off")
-        literal = lambda v: "[" + ",".join(f"{x:.7g}" for x in v) + "]"  # noqa: E731
-        cursor.execute("EXPLAIN " + sql, [literal(embedder.embed(["probe"])[0])])
-        uses_index = "hnsw" in "\n".join(row[0] for row in cursor.fetchall())
-        for round_number in range(rounds):
-            for question, exact in zip(QUESTIONS, exact_ranked, strict=True):
-                started = time.perf_counter()
-                cursor.execute(sql, [literal(embedder.embed([question.text])[0])])
-                found = [row[0] for row in cursor.fetchall()]
-                latencies.append((time.perf_counter() - started) * 1000)
-                if round_number == 0:
-                    overlaps.append(len(set(found) & set(exact)) / K)
-    return {
-        "overlap_with_exact_top5": round(statistics.fmean(overlaps), 4),
-        "query_p50_ms": round(pct(latencies, 0.5), 2),
-        "query_p95_ms": round(pct(latencies, 0.95), 2),
-        "plan_uses_hnsw_index": uses_index,
-    }
+def vector_literal(vector) -> str:
+    """pgvector's text form of a vector: `[x1,x2,...]`."""
+    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
 
 
 def search_plan_uses_index(user, source) -> bool | None:
@@ -318,6 +337,8 @@ PATH_ROWS = [
     ("overlap_with_exact_top5", "top-5 overlap with exact", ""),
     ("query_p50_ms", "query p50", "ms"),
     ("query_p95_ms", "query p95", "ms"),
+    ("search_p50_ms", "search alone p50", "ms"),
+    ("search_p95_ms", "search alone p95", "ms"),
     ("plan_uses_hnsw_index", "plan uses the HNSW index", ""),
 ]
 

@@ -37,7 +37,7 @@ class SourceConfig:
 
     collection_id: str | None = None
     limit: int = 5
-    similarity_threshold: float = 0.7
+    similarity_threshold: float = 0.25
     weight: float = 1.0
     metadata_filters: dict[str, Any] = field(default_factory=dict)
 

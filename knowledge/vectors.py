@@ -21,7 +21,8 @@ from knowledge.fields import EmbeddingField
 from knowledge.models import Chunk, Document
 
 # Keys of metadata filters: plain names only (they become JSON key lookups).
-METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# No "__": Django would read it as a lookup (team__contains) or a path into nested JSON, not as a key.
+METADATA_KEY = re.compile(r"^(?!.*__)[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 def load_sqlite_vec(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -119,7 +120,9 @@ def nearest_chunks(
     chunks = chunks.annotate(distance=distance)
     if min_score > 0:
         chunks = chunks.filter(distance__lte=1.0 - min_score)
-    query = chunks.order_by("distance", "id").values_list(
+    # Ordered by the distance alone, which the HNSW index can serve (a second sort key would make every search
+    # an exact scan); ties are broken below.
+    query = chunks.order_by("distance").values_list(
         "id", "document_id", "document__title", "collection_id", "text", "page", "start", "end", "distance"
     )[:limit]
     with transaction.atomic():
@@ -129,7 +132,7 @@ def nearest_chunks(
             # scans (pgvector 0.8) keep searching, in exact distance order.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-        rows = list(query)
+        rows = sorted(query, key=lambda row: (row[8], row[0]))
     return [
         ChunkHit(
             chunk_id=row[0],

@@ -27,6 +27,7 @@ from chats.limits import do_record_usage, quota_left
 from chats.models import Message
 from pipelines.models import Connector, ModelConfig
 from pipelines.providers.base import ChatMessage, GenerationError, Provider, ToolCall, get_provider
+from pipelines.steps import DEFAULT_SIMILARITY_THRESHOLD
 from pipelines.tools import ToolContext, registry, run_tool
 
 logger = logging.getLogger(__name__)
@@ -330,7 +331,12 @@ class ReplyGeneration:
         from knowledge.retrieval import SourceConfig, retrieve
 
         # Steps saved through the API or the admin are normalised; rows written otherwise may lack defaults.
-        defaults = {"limit": 5, "similarity_threshold": 0.7, "weight": 1.0, "metadata_filters": {}}
+        defaults = {
+            "limit": 5,
+            "similarity_threshold": DEFAULT_SIMILARITY_THRESHOLD,
+            "weight": 1.0,
+            "metadata_filters": {},
+        }
         sources = [
             SourceConfig(
                 collection_id=source.get("collection"),

@@ -9,7 +9,8 @@ A workflow's `steps` is a list of objects, each with a `type`:
   bound to the current question; the columns and rows go to the `generate` step as context;
 - `retrieve`: passages of the user's documents for the question (seed 002's RAG options): `sources` (each
   a `collection` id, or none for every collection the user may search, with `limit` 1-50 (5),
-  `similarity_threshold` 0-1 (0.7), `weight` 0-2 (1) and `metadata_filters` {key: value or [values]});
+  `similarity_threshold` 0-1 (0.25: all-MiniLM-L6-v2 scores related passages about 0.25-0.7, so seed
+  002's 0.7 would drop most answers), `weight` 0-2 (1) and `metadata_filters` {key: value or [values]});
   no `sources` means every collection the user may search, with the step's own `limit` and
   `similarity_threshold`; `retrieval_strategy` (`merge`, `sequential`, `ensemble`; see
   `knowledge.retrieval`) and `max_total_results` 1-50 (10). The passages go to the `generate` step,
@@ -27,6 +28,7 @@ from typing import Any
 from rest_framework import serializers
 
 MAX_STEPS = 20
+DEFAULT_SIMILARITY_THRESHOLD = 0.25
 
 
 class _Step(serializers.Serializer):
@@ -67,7 +69,9 @@ class MetadataFiltersField(serializers.DictField):
 class RetrieveSource(serializers.Serializer):
     collection = serializers.UUIDField(required=False, allow_null=True, default=None)
     limit = serializers.IntegerField(min_value=1, max_value=50, required=False, default=5)
-    similarity_threshold = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, default=0.7)
+    similarity_threshold = serializers.FloatField(
+        min_value=0.0, max_value=1.0, required=False, default=DEFAULT_SIMILARITY_THRESHOLD
+    )
     weight = serializers.FloatField(min_value=0.0, max_value=2.0, required=False, default=1.0)
     metadata_filters = MetadataFiltersField(required=False, default=dict)
 
@@ -75,7 +79,9 @@ class RetrieveSource(serializers.Serializer):
 class RetrieveStep(_Step):
     sources = serializers.ListField(child=RetrieveSource(), required=False, max_length=20, default=list)
     limit = serializers.IntegerField(min_value=1, max_value=50, required=False, default=5)
-    similarity_threshold = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, default=0.7)
+    similarity_threshold = serializers.FloatField(
+        min_value=0.0, max_value=1.0, required=False, default=DEFAULT_SIMILARITY_THRESHOLD
+    )
     retrieval_strategy = serializers.ChoiceField(
         choices=["merge", "sequential", "ensemble"], required=False, default="merge"
     )
