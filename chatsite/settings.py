@@ -205,6 +205,8 @@ CELERY_TASK_DEFAULT_QUEUE = env.str("CHATSITE_CELERY_QUEUE", default="chatsite")
 # holds up replies.
 CHATSITE_INGEST_QUEUE = env.str("CHATSITE_INGEST_QUEUE", default="chatsite-ingest")
 CELERY_TASK_ROUTES = {"knowledge.ingest_document": {"queue": CHATSITE_INGEST_QUEUE}}
+# Seconds one document's ingestion may take (a long PDF on a CPU takes minutes), apart from the replies' limits.
+CHATSITE_INGEST_TIME_LIMIT = env.int("CHATSITE_INGEST_TIME_LIMIT", default=1800)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from knowledge import actions
 from knowledge.chunking import split_pages
 from knowledge.embeddings import EmbeddingError, get_embedder
@@ -39,6 +41,11 @@ def run_ingestion(document_id: str) -> str | None:
         return "failed"
     except EmbeddingError as exc:
         actions.do_fail_ingestion(document_id, exc.message)
+        return "failed"
+    except SoftTimeLimitExceeded:
+        actions.do_fail_ingestion(
+            document_id, "The document took too long to process (CHATSITE_INGEST_TIME_LIMIT); split it and try again."
+        )
         return "failed"
     except Exception:
         logger.exception("document %s could not be ingested", document_id)

@@ -320,39 +320,6 @@ TIDES = (
 )
 
 
-@pytest.fixture
-def warm_ingestion(session, minilm):
-    """A worker that has loaded the embedding model once.
-
-    Work-around: the live stack's short Celery time limits (tests/live.py: soft 8 s) also apply to ingestion,
-    and importing sentence-transformers on a busy machine can take longer, failing the first document with
-    SoftTimeLimitExceeded. Each attempt gets further (imported modules stay loaded), so a few tiny documents
-    warm the worker before the tests upload theirs; once warm this costs one quick ingestion.
-    """
-    client, token = session
-    created = client.post("/api/collections", json={"name": "warm-up"}, headers={"X-CSRFToken": token})
-    assert created.status_code == 201, created.text
-    collection_id = created.json()["id"]
-    status = None
-    for attempt in range(5):
-        uploaded = client.post(
-            f"/api/collections/{collection_id}/documents",
-            files={"file": (f"warm-{attempt}.txt", f"Warm-up text number {attempt}.".encode(), "text/plain")},
-            headers={"X-CSRFToken": token},
-        )
-        assert uploaded.status_code == 201, uploaded.text
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            status = client.get(f"/api/documents/{uploaded.json()['id']}").json()["status"]
-            if status in ("ready", "failed"):
-                break
-            time.sleep(0.2)
-        if status == "ready":
-            break
-    assert status == "ready", "the worker never loaded the embedding model"
-    client.delete(f"/api/collections/{collection_id}", headers={"X-CSRFToken": token})
-
-
 def open_documents_page(page):
     page.get_by_role("link", name="Documents", exact=True).click()
     page.wait_for_url("**/documents")
@@ -377,7 +344,7 @@ def upload_files(page, collection: str, files: list[dict], timeout: float = 120_
     assert statuses == ["ready"] * len(files), page.locator("#document-rows").inner_text()
 
 
-def test_upload_a_markdown_file_and_read_it_on_its_page(page, carol, minilm, warm_ingestion):
+def test_upload_a_markdown_file_and_read_it_on_its_page(page, carol, minilm):
     open_documents_page(page)
     assert page.get_by_role("heading", name="Your documents").is_visible()
     upload_files(page, "Harbour notes", [{"name": "tides.md", "mimeType": "text/markdown", "buffer": TIDES.encode()}])
@@ -411,9 +378,7 @@ def test_upload_a_markdown_file_and_read_it_on_its_page(page, carol, minilm, war
     assert download_info.value.suggested_filename == "tides.md"
 
 
-def test_a_reply_from_documents_lists_its_sources_with_links(
-    page, carol, scripted_model, minilm, ask_my_documents, warm_ingestion
-):
+def test_a_reply_from_documents_lists_its_sources_with_links(page, carol, scripted_model, minilm, ask_my_documents):
     scripted_model.context_window = 4000
     scripted_model.options = {"script": ["The lamp is lit ", "thirty minutes before sunset [2]."]}
     scripted_model.save()
@@ -435,6 +400,7 @@ def test_a_reply_from_documents_lists_its_sources_with_links(
     picker = page.get_by_role("dialog", name="Attach documents")
     picker.get_by_label("tides.md").check()
     assert page.get_by_role("list", name="Documents attached to the next message").inner_text().startswith("tides.md")
+    shot(page, "16-attach-picker.png")
     picker.get_by_role("button", name="Done").click()
     assert not picker.is_visible()
     page.get_by_label("Workflow").select_option(label="Ask my documents (shared)")
@@ -467,6 +433,7 @@ def test_a_reply_from_documents_lists_its_sources_with_links(
     target = page.locator(f"#chunk-{lamp['id']}")
     assert target.evaluate("element => element.matches(':target')")
     assert "thirty minutes before sunset" in target.inner_text() and "page 2" in target.inner_text()
+    shot(page, "17-passage-link.png")
 
 
 def test_on_a_phone_sources_and_the_picker_fit_the_screen(browser, live_stack, carol, scripted_model, minilm):
@@ -493,6 +460,10 @@ def test_on_a_phone_sources_and_the_picker_fit_the_screen(browser, live_stack, c
     assert link.inner_text() == "[1] ferries.md" and link.get_attribute("href") == f"/documents/{document.id}"
     assert link.bounding_box()["x"] + link.bounding_box()["width"] <= 390
     shot(page, "15-phone-sources.png")
+    page.goto("/documents")
+    page.wait_for_selector("body[data-ready=true] #document-rows tr")
+    assert page.get_by_role("link", name="ferries.md").bounding_box()["x"] >= 0
+    shot(page, "18-phone-documents.png")
     page.context.close()
 
 

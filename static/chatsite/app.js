@@ -45,6 +45,7 @@ const STEP_LABELS = {
   system_prompt: "Instructions",
   rewrite_query: "Rewriting the question",
   sql: "Querying the database",
+  retrieve: "Searching your documents",
   generate: "Writing the answer",
 };
 const RESUME_ATTEMPTS = 5;
