@@ -1,6 +1,7 @@
 // The chat page: a sidebar of chats, the open chat's messages, a composer; everything through the JSON API.
 // Replies stream in over fetch + SSE, rendered as sanitised Markdown as they arrive; a reply interrupted by
 // the network is resumed from its last event id.
+import { api, listAll, request } from "./api.js";
 import { readEvents } from "./sse.js";
 import { renderMarkdown } from "./markdown.js";
 
@@ -51,42 +52,6 @@ const STEP_LABELS = {
 const RESUME_ATTEMPTS = 5;
 
 // --- API -------------------------------------------------------------------------------------------------
-
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  return match ? decodeURIComponent(match[1]) : "";
-}
-
-class ApiError extends Error {
-  constructor(status, body) {
-    super((body && body.message) || `The server answered ${status}.`);
-    this.status = status;
-    this.body = body || {};
-  }
-}
-
-async function request(method, path, body, extraHeaders = {}) {
-  const headers = { Accept: "application/json", ...extraHeaders };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
-  return fetch(path, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-}
-
-async function api(method, path, body) {
-  const response = await request(method, path, body);
-  if (response.status === 401) {
-    window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
-    throw new ApiError(401, { message: "Your session has ended." });
-  }
-  const data = response.status === 204 ? null : await response.json().catch(() => null);
-  if (!response.ok) throw new ApiError(response.status, data);
-  return data;
-}
 
 function announce(text) {
   ui.announce.textContent = text;
@@ -569,19 +534,6 @@ async function deleteChat() {
 }
 
 // --- Documents: attachments and sources ------------------------------------------------------------------
-
-/** Every item of a paginated list, following `next`. */
-async function listAll(path) {
-  const items = [];
-  let url = path;
-  while (url) {
-    const page = await api("GET", url);
-    items.push(...page.results);
-    const next = page.next ? new URL(page.next, window.location.href) : null;
-    url = next ? next.pathname + next.search : null;
-  }
-  return items;
-}
 
 function documentHref(documentId) {
   return `/documents/${encodeURIComponent(documentId)}`;

@@ -2,6 +2,8 @@
 // ingestion status, uploads (file input or drag and drop), deletes. Everything through the JSON API; document
 // data only ever goes into the page as text (textContent, attributes), never as markup.
 
+import { api, listAll } from "./api.js";
+
 const boot = JSON.parse(document.getElementById("boot").textContent);
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -34,52 +36,6 @@ const STATUS_LABELS = { queued: "Queued", processing: "Processing", ready: "Read
 const state = { collections: [], collection: null, documents: [], poll: null, generation: 0 };
 
 // --- API -------------------------------------------------------------------------------------------------
-
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  return match ? decodeURIComponent(match[1]) : "";
-}
-
-class ApiError extends Error {
-  constructor(status, body) {
-    super((body && body.message) || `The server answered ${status}.`);
-    this.status = status;
-    this.body = body || {};
-  }
-}
-
-/** Call the API; `body` is JSON, or a FormData sent as multipart (the browser sets its boundary). */
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
-  if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
-  let payload;
-  if (body instanceof FormData) payload = body;
-  else if (body !== undefined) {
-    headers["Content-Type"] = "application/json";
-    payload = JSON.stringify(body);
-  }
-  const response = await fetch(path, { method, headers, credentials: "same-origin", body: payload });
-  if (response.status === 401) {
-    window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
-    throw new ApiError(401, { message: "Your session has ended." });
-  }
-  const data = response.status === 204 ? null : await response.json().catch(() => null);
-  if (!response.ok) throw new ApiError(response.status, data);
-  return data;
-}
-
-/** Every item of a paginated list, following `next`. */
-async function listAll(path) {
-  const items = [];
-  let url = path;
-  while (url) {
-    const page = await api("GET", url);
-    items.push(...page.results);
-    const next = page.next ? new URL(page.next, window.location.href) : null;
-    url = next ? next.pathname + next.search : null;
-  }
-  return items;
-}
 
 /** The first reason in an API error body: its message, else the first field error. */
 function reason(error) {
