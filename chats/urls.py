@@ -42,6 +42,7 @@ urlpatterns = [
         knowledge_api.DocumentListView.as_view(),
         name="api-collection-documents",
     ),
+    path("documents", knowledge_api.AllDocumentsView.as_view(), name="api-documents"),
     path("documents/<str:document_id>", knowledge_api.DocumentDetailView.as_view(), name="api-document"),
     path(
         "documents/<str:document_id>/chunks", knowledge_api.DocumentChunkListView.as_view(), name="api-document-chunks"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.db.models import Count
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,7 +15,7 @@ from rest_framework.views import APIView
 
 from chats.exceptions import RequestTooLarge
 from knowledge import actions
-from knowledge.access import access_collection, access_document, visible_collections
+from knowledge.access import access_collection, access_document, visible_collections, visible_documents
 from knowledge.extract import kind_of
 from knowledge.models import Chunk, Collection, Document, EmbeddingModel
 from knowledge.serializers import (
@@ -109,7 +110,12 @@ class DocumentListView(generics.ListCreateAPIView):
 
     def get_queryset(self):
         collection = access_collection(self.request.user, self.kwargs["collection_id"])
-        return Document.objects.filter(collection=collection).defer("data", "text").order_by("-created_at", "id")
+        return (
+            Document.objects.filter(collection=collection)
+            .select_related("collection")
+            .defer("data", "text")
+            .order_by("-created_at", "id")
+        )
 
     @extend_schema(
         request={"multipart/form-data": UploadSerializer},
@@ -136,6 +142,28 @@ class DocumentListView(generics.ListCreateAPIView):
         return Response(
             DocumentSerializer(document).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
+
+
+class AllDocumentsView(generics.ListAPIView):
+    """`GET /api/documents`: the documents of every collection the caller may read (own and shared), newest
+    first; `?status=ready` (or queued, processing, failed) keeps those in that state."""
+
+    serializer_class = DocumentSerializer
+
+    @extend_schema(
+        parameters=[OpenApiParameter("status", str, enum=[s.value for s in Document.Status], description="Only these.")]
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        documents = visible_documents(self.request.user).select_related("collection").defer("data", "text")
+        wanted = self.request.query_params.get("status")
+        if wanted is not None:
+            if wanted not in Document.Status.values:
+                raise ValidationError({"status": [f"Use one of {', '.join(Document.Status.values)}."]})
+            documents = documents.filter(status=wanted)
+        return documents.order_by("-created_at", "id")
 
 
 class DocumentDetailView(generics.RetrieveDestroyAPIView):

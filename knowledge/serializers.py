@@ -83,6 +83,8 @@ class DocumentSerializer(serializers.ModelSerializer):
     """A document as listed: never its bytes or text (GET .../file and .../chunks give those)."""
 
     collectionId = serializers.UUIDField(source="collection_id", read_only=True)
+    collectionName = serializers.CharField(source="collection.name", read_only=True)
+    collectionShared = serializers.BooleanField(source="collection.is_shared", read_only=True)
     sizeBytes = serializers.IntegerField(source="size_bytes", read_only=True)
     pageCount = serializers.IntegerField(source="page_count", read_only=True)
     chunkCount = serializers.IntegerField(source="chunk_count", read_only=True)
@@ -92,8 +94,8 @@ class DocumentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Document
         fields = [
-            "id", "collectionId", "title", "filename", "kind", "sizeBytes", "sha256", "metadata", "status",
-            "error", "pageCount", "chunkCount", "createdAt", "ingestedAt",
+            "id", "collectionId", "collectionName", "collectionShared", "title", "filename", "kind", "sizeBytes",
+            "sha256", "metadata", "status", "error", "pageCount", "chunkCount", "createdAt", "ingestedAt",
         ]  # fmt: skip
         read_only_fields = fields
 

@@ -404,3 +404,22 @@ def test_the_watchdog_sends_a_document_lost_from_the_queue_again(alice, collecti
     end_lost_replies()
     end_lost_replies()  # once per interval
     assert sent == [str(lost.id)] and str(fresh.id) not in sent
+
+
+def test_all_documents_lists_own_and_shared_ones_by_status_never_another_users(alice_client, alice, bob, minilm):
+    def doc(collection, title, status):
+        return Document.objects.create(
+            collection=collection, title=title, filename=title, kind="text", size_bytes=1, sha256=title, data=b"x",
+            status=status,
+        )  # fmt: skip
+
+    mine = Collection.objects.create(owner=alice, name="Mine", embedding_model=minilm)
+    shared = Collection.objects.create(owner=None, name="Handbook", embedding_model=minilm)
+    bobs = Collection.objects.create(owner=bob, name="Bob's", embedding_model=minilm)
+    doc(mine, "a-ready", "ready"), doc(mine, "a-queued", "queued"), doc(shared, "s-ready", "ready")
+    doc(bobs, "b-ready", "ready")
+    listed = alice_client.get("/api/documents?status=ready").json()["results"]
+    assert sorted((d["title"], d["collectionName"]) for d in listed) == [("a-ready", "Mine"), ("s-ready", "Handbook")]
+    assert len(alice_client.get("/api/documents").json()["results"]) == 3
+    bad = alice_client.get("/api/documents?status=done")
+    assert bad.status_code == 400 and "status" in bad.json()["fields"]

@@ -60,6 +60,7 @@ MATRIX = {
         "DELETE": (204, 403, 403, 401),
     },
     "api/collections/<str:collection_id>/documents": {"GET": (200, 403, 403, 401), "POST": (201, 403, 403, 401)},
+    "api/documents": {"GET": (200, 200, 200, 401)},
     "api/documents/<str:document_id>": {"GET": (200, 403, 403, 401), "DELETE": (204, 403, 403, 401)},
     "api/documents/<str:document_id>/chunks": {"GET": (200, 403, 403, 401)},
     "api/documents/<str:document_id>/file": {"GET": (200, 403, 403, 401)},

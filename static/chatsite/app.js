@@ -629,18 +629,9 @@ function setAttached(ids) {
 
 /** The ready documents of every collection the user may read (own and shared). */
 async function loadReadyDocuments() {
-  const collections = await listAll("/api/collections");
-  const lists = await Promise.all(
-    collections
-      .filter((collection) => collection.documentCount > 0)
-      .map(async (collection) => {
-        const found = await listAll(`/api/collections/${encodeURIComponent(collection.id)}/documents`);
-        return found.map((doc) => ({ ...doc, collectionName: collection.name, shared: collection.shared }));
-      }),
-  );
-  const all = lists.flat();
-  for (const doc of all) docs.known.set(doc.id, { title: doc.title || doc.filename, status: doc.status });
-  docs.ready = all.filter((doc) => doc.status === "ready");
+  const ready = await listAll("/api/documents?status=ready");
+  for (const doc of ready) docs.known.set(doc.id, { title: doc.title || doc.filename, status: doc.status });
+  docs.ready = ready;
 }
 
 function renderPicker() {
@@ -667,7 +658,7 @@ function renderPicker() {
       title.textContent = doc.title || doc.filename;
       const where = document.createElement("span");
       where.className = "attach-where";
-      where.textContent = doc.shared ? `${doc.collectionName} (shared)` : doc.collectionName;
+      where.textContent = doc.collectionShared ? `${doc.collectionName} (shared)` : doc.collectionName;
       label.append(box, title, where);
       item.append(label);
       return item;
