@@ -223,12 +223,21 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CHATSITE_TASK_SOFT_TIME_LIMIT", default=C
 # or a reply still being generated would be handed to a second worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes a prefork child's whole database pool at every task boundary (celery#10554),
+# so each reply opened a new PostgreSQL connection before its claim (about 20 ms). A reuse count turns that
+# off except every CELERY_DB_REUSE_MAX tasks; chatsite.celery gives each task's connections back to the pool
+# (or closes them, with no pool) at the same boundaries instead. The pool inherited at fork is still closed.
+CELERY_DB_REUSE_MAX = 1000
 
 # The event stream (DESIGN.md section 4).
 CHATSITE_SSE_PING_SECONDS = env.float("CHATSITE_SSE_PING_SECONDS", default=15.0)
 CHATSITE_STREAM_MAXLEN = env.int("CHATSITE_STREAM_MAXLEN", default=20000)  # entries per reply stream
 CHATSITE_STREAM_TTL_SECONDS = env.int("CHATSITE_STREAM_TTL_SECONDS", default=3600)  # kept after the end
 CHATSITE_STREAM_KEY_PREFIX = env.str("CHATSITE_STREAM_KEY_PREFIX", default="chatsite:stream:")
+# Milliseconds over which the worker joins a reply's text deltas into one `content` event (one XADD). The
+# first delta of each answer goes out at once; the rest are sent at most once per window, and everything
+# pending is sent before any other event and at the end. 0 sends every delta as it comes.
+CHATSITE_DELTA_BATCH_MS = env.float("CHATSITE_DELTA_BATCH_MS", default=20.0)
 
 # Input limits.
 CHATSITE_MAX_MESSAGE_CHARS = env.int("CHATSITE_MAX_MESSAGE_CHARS", default=32000)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
@@ -202,6 +204,10 @@ class ReplyGeneration:
     # Passages found by retrieve steps, then (at the generate step) the sources shown and saved.
     retrieved: list[Any] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # Text deltas not yet published (joined over CHATSITE_DELTA_BATCH_MS), and when content last went out
+    # (time.monotonic() seconds; None: the current answer has sent none yet).
+    pending: list[str] = field(default_factory=list)
+    content_sent_at: float | None = None
 
     @property
     def message_id(self) -> str:
@@ -210,13 +216,51 @@ class ReplyGeneration:
     # --- events ----------------------------------------------------------------------------------------
 
     def publish(self, event: events.Event) -> None:
-        """Publish a non-terminal event.
+        """Publish a non-terminal event, after any text still pending.
 
         Raises:
             Cancelled: a cancel was requested.
         """
+        self.flush_content()
         if self.publisher.publish(self.message_id, event).cancel_requested:
             raise Cancelled
+
+    def add_content(self, text: str) -> None:
+        """Take a text delta: publish it at once if it is the answer's first or CHATSITE_DELTA_BATCH_MS have
+        passed since content last went out; otherwise keep it to go out with the next one (one event).
+
+        Raises:
+            Cancelled: a cancel was requested (checked on each publish).
+        """
+        self.parts.append(text)
+        self.pending.append(text)
+        window = settings.CHATSITE_DELTA_BATCH_MS / 1000
+        if self.content_sent_at is None or time.monotonic() - self.content_sent_at >= window:
+            self.flush_content()
+
+    def flush_content(self) -> None:
+        """Publish the pending text deltas as one `content` event (nothing when none are pending).
+
+        Raises:
+            Cancelled: a cancel was requested.
+        """
+        if not self.pending:
+            return
+        text = "".join(self.pending)
+        self.pending.clear()
+        self.content_sent_at = time.monotonic()
+        if self.publisher.publish(self.message_id, events.content_event(text)).cancel_requested:
+            raise Cancelled
+
+    def _flush_before_end(self) -> None:
+        """Publish pending text before the outcome is saved, so the stream holds all the saved text."""
+        try:
+            self.flush_content()
+        except (Cancelled, StreamClosed):
+            pass  # the text went out (the cancel is handled by the caller), or the reply ended elsewhere
+        except redis.RedisError:
+            # The outcome must still be saved: readers that find no terminal event read it from the database.
+            logger.warning("could not publish the last text of reply %s", self.message_id)
 
     def check_cancel(self) -> None:
         if events.cancel_requested(self.message_id):
@@ -268,6 +312,7 @@ class ReplyGeneration:
     def _step_failed(self, explicit: bool, kind: str, index: int) -> None:
         if not (explicit and kind):
             return
+        self._flush_before_end()
         try:
             self.publisher.publish(self.message_id, {"type": "step", "step": kind, "state": "failed", "index": index})
         except Exception:
@@ -503,15 +548,16 @@ class ReplyGeneration:
         stream = provider.stream_chat(
             prompt, max_tokens=max_tokens, temperature=temperature, tools=tools, tool_choice=tool_choice
         )
+        self.content_sent_at = None  # each answer's first delta goes out at once
         try:
             for delta in stream:
                 if delta.text:
-                    self.parts.append(delta.text)
-                    self.publish(events.content_event(delta.text))
+                    self.add_content(delta.text)
                 calls.extend(delta.tool_calls)
                 if delta.finish_reason:
                     self.finish_reason = "stop" if delta.finish_reason == "tool_calls" else delta.finish_reason
                 self._count(delta)
+            self.flush_content()
         finally:
             stream.close()  # let go of the model before anything else uses it
         return calls if tools else []
@@ -550,6 +596,7 @@ class ReplyGeneration:
         return quota_left(owner)
 
     def _complete(self) -> str | None:
+        self._flush_before_end()
         if not do_finish_reply(
             self.message_id,
             status=Message.Status.COMPLETED,
@@ -575,6 +622,7 @@ class ReplyGeneration:
         return Message.Status.COMPLETED
 
     def _finish_cancelled(self) -> str | None:
+        self._flush_before_end()
         content = "".join(self.parts)
         provider = self.last_provider
         if provider is not None and not self.completion_tokens:
@@ -608,6 +656,7 @@ class ReplyGeneration:
 
     def _fail(self, code: str, text: str, retryable: bool) -> str | None:
         error = {"code": code, "message": text, "retryable": retryable}
+        self._flush_before_end()
         if not do_finish_reply(
             self.message_id,
             status=Message.Status.FAILED,

@@ -29,6 +29,12 @@ def _isolated_streams(settings):
     settings.CHATSITE_STREAM_KEY_PREFIX = f"test:{uuid.uuid4().hex}:"
 
 
+@pytest.fixture(autouse=True)
+def _one_event_per_delta(settings):
+    # In-process tests check events delta by delta; the tests of delta batching set a window themselves.
+    settings.CHATSITE_DELTA_BATCH_MS = 0
+
+
 @pytest.fixture
 def alice(db) -> User:
     return User.objects.create_user("alice", "alice@example.com", PASSWORD)

@@ -327,7 +327,8 @@ def test_the_watchdog_queues_again_a_reply_whose_worker_vanished_before_any_text
     )
 
     stream = resume(client, str(chat.id), str(reply.id))
-    assert stream.types == ["start", "content", "content", "content", "content", "end"]
+    # One start, the text (its deltas may be joined: CHATSITE_DELTA_BATCH_MS), one end.
+    assert stream.types[0] == "start" and stream.types[-1] == "end" and set(stream.types[1:-1]) == {"content"}
     assert_exactly_once_in_order(stream.ids)
     reply.refresh_from_db()
     assert reply.status == "completed" and reply.content == "Hello, world!" == stream.text

@@ -254,3 +254,63 @@ def test_the_relay_sends_a_comment_first_so_headers_leave_before_the_first_event
         return b""
 
     assert asyncio.run(first_chunk()) == CONNECTED
+
+
+def test_deltas_within_the_batch_window_go_out_after_the_first_as_one_event(settings, alice_chat, scripted_model):
+    settings.CHATSITE_DELTA_BATCH_MS = 60_000  # milliseconds: every delta after the first falls in the window
+    reply = send(alice_chat, scripted_model)
+    assert run_reply(str(reply.id)) == "completed"
+    entries = stream_events(reply.id)
+    assert [(e["type"], e.get("delta")) for _, e in entries] == [
+        ("start", None),
+        ("content", "Hello"),
+        ("content", ", world!"),
+        ("end", None),
+    ]
+    ids = [entry_id for entry_id, _ in entries]
+    assert sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) == ids and len(set(ids)) == len(ids)
+    reply.refresh_from_db()
+    assert reply.content == "Hello, world!"
+    # A stream resumed after the first delta replays exactly the rest of what was saved.
+    resumed = b"".join(collect(str(reply.id), last_id=ids[1])).decode()
+    deltas = [json.loads(line[6:]).get("delta", "") for line in resumed.splitlines() if line.startswith("data: ")]
+    assert "Hello" + "".join(deltas) == reply.content
+
+
+def test_pending_deltas_are_published_before_an_error_event(settings, alice_chat, scripted_model):
+    settings.CHATSITE_DELTA_BATCH_MS = 60_000  # milliseconds
+    scripted_model.options = {"script": ["one", " two", " three"], "fail_after": 2}
+    scripted_model.save()
+    reply = send(alice_chat, scripted_model)
+    assert run_reply(str(reply.id)) == "failed"
+    events = [e for _, e in stream_events(reply.id)]
+    assert [(e["type"], e.get("delta")) for e in events] == [
+        ("start", None),
+        ("content", "one"),
+        ("content", " two"),
+        ("error", None),
+    ]
+    reply.refresh_from_db()
+    assert reply.content == "one two"
+
+
+def test_a_cancel_is_noticed_on_a_batched_publish_and_the_saved_text_is_what_was_streamed(
+    settings, alice_chat, scripted_model
+):
+    settings.CHATSITE_DELTA_BATCH_MS = 60_000  # milliseconds
+
+    class CancelAfterFirstContent(EventPublisher):
+        def publish(self, message_id, event):
+            published = super().publish(message_id, event)
+            if event["type"] == "content":
+                actions.events.request_cancel(message_id)
+            return published
+
+    reply = send(alice_chat, scripted_model)
+    assert run_reply(str(reply.id), CancelAfterFirstContent()) == "cancelled"
+    events = [e for _, e in stream_events(reply.id)]
+    assert [e["type"] for e in events] == ["start", "content", "content", "end"]
+    assert events[-1]["finishReason"] == "cancelled"
+    reply.refresh_from_db()
+    assert reply.status == "cancelled"
+    assert reply.content == "".join(e["delta"] for e in events if e["type"] == "content") == "Hello, world!"
