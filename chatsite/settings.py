@@ -220,8 +220,8 @@ CELERY_TASK_TIME_LIMIT = env.int("CHATSITE_TASK_TIME_LIMIT", default=600)  # sec
 # The soft limit raises inside the reply, which then ends with `error` `timeout`; the hard limit kills it.
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CHATSITE_TASK_SOFT_TIME_LIMIT", default=CELERY_TASK_TIME_LIMIT - 10)
 # Redis redelivers an unacknowledged task after the visibility timeout: it must exceed the longest task,
-# or a reply still being generated would be handed to a second worker.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
+# or a reply (or a document's ingestion) still running would be handed to a second worker.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": max(CELERY_TASK_TIME_LIMIT, CHATSITE_INGEST_TIME_LIMIT) * 2}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery's Django fixup closes a prefork child's whole database pool at every task boundary (celery#10554),
 # so each reply opened a new PostgreSQL connection before its claim (about 20 ms). A reuse count turns that
