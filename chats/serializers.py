@@ -152,6 +152,8 @@ class SendMessageSerializer(serializers.Serializer):
         from knowledge.access import visible_documents
         from knowledge.models import Document
 
+        if not value:
+            return []  # the common case: no query at all
         wanted = list(dict.fromkeys(str(v) for v in value))
         found = dict(visible_documents(self.context["request"].user).filter(id__in=wanted).values_list("id", "status"))
         found = {str(k): v for k, v in found.items()}
