@@ -110,7 +110,7 @@ def _search_source(
 
 def combine(results: list[list[ChunkHit]], weights: list[float], strategy: str, max_total: int) -> list[Retrieved]:
     """Combine per-source ranked hit lists by `strategy` (see the module) into at most `max_total` passages,
-    each chunk once, best first.
+    each chunk (and each passage text) once, best first.
 
     Raises:
         ValueError: an unknown strategy.
@@ -138,7 +138,15 @@ def combine(results: list[list[ChunkHit]], weights: list[float], strategy: str, 
         ranked = sorted(chosen.values(), key=lambda r: (-r.rank_score, -r.hit.score, r.hit.chunk_id))
     else:
         raise ValueError(f"Unknown retrieval strategy '{strategy}'; use one of {', '.join(STRATEGIES)}.")
-    return ranked[:max_total]
+    # The same passage twice (one file in two collections) tells the model nothing more: keep the first.
+    seen: set[str] = set()
+    unique: list[Retrieved] = []
+    for entry in ranked:
+        text = " ".join(entry.hit.text.split())
+        if text not in seen:
+            seen.add(text)
+            unique.append(entry)
+    return unique[:max_total]
 
 
 def retrieve(

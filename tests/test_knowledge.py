@@ -423,3 +423,23 @@ def test_all_documents_lists_own_and_shared_ones_by_status_never_another_users(a
     assert len(alice_client.get("/api/documents").json()["results"]) == 3
     bad = alice_client.get("/api/documents?status=done")
     assert bad.status_code == 400 and "status" in bad.json()["fields"]
+
+
+def test_the_same_passage_found_in_two_collections_is_given_once():
+    from knowledge.retrieval import combine
+    from knowledge.vectors import ChunkHit
+
+    def hit(chunk_id, collection, text, score):
+        return ChunkHit(chunk_id, f"doc-{collection}", "handbook.pdf", collection, text, 2, 0, len(text), score)
+
+    same = "Every employee gets twenty-eight days of paid leave."
+    found = combine(
+        [
+            [hit(1, "a", same, 0.7), hit(2, "a", "Working hours are nine to five.", 0.4)],
+            [hit(3, "b", f" {same}\n", 0.7)],
+        ],
+        [1.0, 1.0],
+        "merge",
+        10,
+    )
+    assert [r.hit.chunk_id for r in found] == [1, 2]
