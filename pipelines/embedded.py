@@ -20,6 +20,7 @@ from chats.bus import MemoryBus
 logger = logging.getLogger(__name__)
 
 _executor: ThreadPoolExecutor | None = None
+_jobs_executor: ThreadPoolExecutor | None = None
 _watchdog: threading.Thread | None = None
 _lock = threading.Lock()
 
@@ -30,6 +31,15 @@ def _pool() -> ThreadPoolExecutor:
         if _executor is None:
             _executor = ThreadPoolExecutor(settings.CHATSITE_EMBEDDED_WORKERS, thread_name_prefix="reply")
         return _executor
+
+
+def _jobs_pool() -> ThreadPoolExecutor:
+    global _jobs_executor
+    with _lock:
+        if _jobs_executor is None:
+            # One thread of its own, as full mode's ingest worker: a long PDF never holds up a reply.
+            _jobs_executor = ThreadPoolExecutor(1, thread_name_prefix="job")
+        return _jobs_executor
 
 
 def _run(what: str, job: Callable[[str], object], object_id: str) -> None:
@@ -53,8 +63,9 @@ def submit(message_id: str) -> None:
 
 
 def submit_job(what: str, job: Callable[[str], object], object_id: str) -> None:
-    """Run `job(object_id)` on the embedded thread pool (document ingestion, say); `what` names it in logs."""
-    _pool().submit(_run, what, job, object_id)
+    """Run `job(object_id)` (document ingestion, say) on a thread apart from the replies'; `what` names it in
+    logs. Jobs run one at a time, in order."""
+    _jobs_pool().submit(_run, what, job, object_id)
 
 
 def _watch() -> None:
