@@ -79,6 +79,10 @@ class EventBus(ABC):
     def flag(self, key: str) -> str | None:
         """The flag's value, or None when it is not set (or has expired)."""
 
+    async def aflag(self, key: str) -> str | None:
+        """`flag`, for the event loop (the relay); the default runs the blocking call."""
+        return self.flag(key)
+
     @abstractmethod
     async def read(self, stream: str, after: str, *, count: int, block_seconds: float) -> list[Entry]:
         """Wait up to `block_seconds` for entries after the id `after`; return up to `count` (maybe none)."""
@@ -128,6 +132,9 @@ class RedisBus(EventBus):
 
     def flag(self, key):
         return self.client.get(key)
+
+    async def aflag(self, key):
+        return await self.async_client().get(key)
 
     async def read(self, stream, after, *, count, block_seconds):
         response = await self.async_client().xread(

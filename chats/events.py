@@ -324,6 +324,15 @@ def heartbeat_alive(message_id: str) -> bool:
     return bus().flag(heartbeat_key(message_id)) is not None
 
 
+async def heartbeat_alive_async(message_id: str) -> bool:
+    """`heartbeat_alive`, on the event loop (one Redis GET, no thread).
+
+    Raises:
+        redis.RedisError: Redis cannot be reached.
+    """
+    return await bus().aflag(heartbeat_key(message_id)) is not None
+
+
 class Heartbeat:
     """Keeps `heartbeat_key(message_id)` alive from a background thread while a reply is generated.
 

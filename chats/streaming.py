@@ -38,8 +38,8 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
     """Yield a reply's events as SSE bytes from after `last_id` until its terminal event.
 
     Starts with a `: connected` comment. Sends `: ping` whenever `CHATSITE_SSE_PING_SECONDS` pass with no
-    event, and then ends with the saved terminal event if the reply ended in the database but its stream
-    never got one. If Redis goes away, it reconnects
+    event, and then, unless a worker's heartbeat shows the reply is being generated, ends with the saved
+    terminal event if the reply ended in the database but its stream never got one. If Redis goes away, it reconnects
     and carries on from the last event it relayed; after `RECONNECT_ATTEMPTS` failures it sends an `error`
     event (`stream_unavailable`, retryable, no `id:`) and ends, so the client can resume later.
     """
@@ -51,6 +51,10 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                 failures = 0
                 if item is None:
                     yield PING
+                    if await events.heartbeat_alive_async(message_id):
+                        # A worker is generating it and its events reach the stream: no need to ask the
+                        # database (thousands of idle streams would each query it every ping interval).
+                        continue
                     if (terminal := await _saved_terminal(message_id)) is not None:
                         # Ended in the database but not in the stream (its publisher lost Redis): end here.
                         yield f"data: {events.encode(terminal)}\n\n".encode()

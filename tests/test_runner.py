@@ -314,3 +314,26 @@ def test_a_cancel_is_noticed_on_a_batched_publish_and_the_saved_text_is_what_was
     reply.refresh_from_db()
     assert reply.status == "cancelled"
     assert reply.content == "".join(e["delta"] for e in events if e["type"] == "content") == "Hello, world!"
+
+
+def test_an_idle_relay_asks_the_database_only_when_no_worker_heartbeat_is_alive(
+    settings, alice_chat, scripted_model, monkeypatch
+):
+    from chats import streaming
+    from chats.events import bus, heartbeat_key
+
+    settings.CHATSITE_SSE_PING_SECONDS = 0.05
+    asked = []
+
+    async def saved_terminal(message_id):
+        asked.append(message_id)
+        return None
+
+    monkeypatch.setattr(streaming, "_saved_terminal", saved_terminal)
+    reply = send(alice_chat, scripted_model)  # queued, never run: the stream stays silent
+    bus().set_flag(heartbeat_key(str(reply.id)), "1", 30)  # as a worker generating it would
+    assert collect(str(reply.id), limit=3) == [b": ping\n\n"] * 3
+    assert asked == []
+    bus().delete(heartbeat_key(str(reply.id)))  # the worker is gone: the database may know how it ended
+    assert collect(str(reply.id), limit=3) == [b": ping\n\n"] * 3
+    assert len(asked) >= 2
