@@ -48,7 +48,9 @@ install: $(VENV)/.installed node_modules/.installed
 install-dev: install $(VENV)/.installed-dev /usr/bin/chromium pgvector
 
 # Full mode (Redis answers): daphne, a Celery worker and beat (Procfile). Embedded mode (no Redis, or
-# CHATSITE_EMBEDDED=1): daphne alone, generating replies on a thread pool.
+# CHATSITE_EMBEDDED=1): daphne alone, generating replies on a thread pool. daphne listens with a backlog of 4096
+# (Twisted's default is 50): when thousands of streams open at once, connections wait to be accepted instead of
+# timing out.
 run: install
 	@case "$${DATABASE_URL:-}" in postgres*) sh scripts/install-pgvector.sh ;; esac
 	$(BIN)/python manage.py migrate --no-input
@@ -58,7 +60,8 @@ run: install
 	@if $(BIN)/python manage.py chatsite_mode; then \
 		$(BIN)/honcho start; \
 	else \
-		CHATSITE_EMBEDDED=1 $(BIN)/daphne -b $${CHATSITE_HOST:-127.0.0.1} -p $${CHATSITE_PORT:-8000} chatsite.asgi:application; \
+		CHATSITE_EMBEDDED=1 $(BIN)/daphne -e tcp:port=$${CHATSITE_PORT:-8000}:interface=$${CHATSITE_HOST:-127.0.0.1}:backlog=4096 \
+			chatsite.asgi:application; \
 	fi
 
 test: install-dev

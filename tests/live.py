@@ -136,7 +136,11 @@ def start_stack(
     stack = Stack(f"http://127.0.0.1:{port}", redis_url, prefix, env, log_dir)
     celery = [sys.executable, "-m", "celery", "-A", "chatsite"]
     stack.commands = {
-        "web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+        # As the Procfile runs it: a listen backlog of 4096, not Twisted's 50 (see the Procfile).
+        "web": [
+            *[sys.executable, "-m", "daphne", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=4096"],
+            "chatsite.asgi:application",
+        ],
         "worker": [
             *celery,
             "worker",
