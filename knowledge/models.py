@@ -3,10 +3,11 @@
 import uuid
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from knowledge.fields import EmbeddingField
+from pipelines.models import api_key_env_field
 
 
 class EmbeddingModel(models.Model):
@@ -31,12 +32,7 @@ class EmbeddingModel(models.Model):
         help_text="The provider's model name; for local, a sentence-transformers folder (empty: all-MiniLM-L6-v2).",
     )
     base_url = models.URLField(blank=True, default="")
-    api_key_env = models.CharField(
-        max_length=100,
-        blank=True,
-        default="",
-        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name, such as OPENAI_API_KEY.")],
-    )
+    api_key_env = api_key_env_field()
     dimensions = models.PositiveIntegerField(help_text="Length of the vectors the model returns.")
     max_input_tokens = models.PositiveIntegerField(default=256, help_text="Tokens of one text the model reads.")
     is_active = models.BooleanField(default=True)

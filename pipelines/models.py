@@ -7,6 +7,17 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 
 
+def api_key_env_field() -> models.CharField:
+    """A field naming the environment variable that holds a provider's API key: keys are never stored."""
+    return models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name, such as OPENAI_API_KEY.")],
+        help_text="Name of the environment variable holding the API key (never the key itself).",
+    )
+
+
 class ModelConfig(models.Model):
     """A model users can pick; `model_id` is its public id (the `modelId` of the API).
 
@@ -33,13 +44,7 @@ class ModelConfig(models.Model):
         help_text="The provider's own model name; for llama_cpp a GGUF path, empty for the embedded SmolLM2.",
     )
     base_url = models.URLField(blank=True, default="")
-    api_key_env = models.CharField(
-        max_length=100,
-        blank=True,
-        default="",
-        validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "An environment variable name, such as OPENAI_API_KEY.")],
-        help_text="Name of the environment variable holding the API key (never the key itself).",
-    )
+    api_key_env = api_key_env_field()
     context_window = models.PositiveIntegerField(default=2048, help_text="Tokens the prompt and reply may use.")
     default_temperature = models.FloatField(default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
     default_max_tokens = models.PositiveIntegerField(default=512, help_text="Most tokens in one reply.")
