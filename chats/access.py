@@ -15,7 +15,12 @@ from chats.models import ApiKey, Chat, Message, User
 T = TypeVar("T", bound=models.Model)
 
 
-def _parse_uuid(value: str, what: str) -> uuid.UUID:
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    """`value` as a UUID.
+
+    Raises:
+        NotFound: 404 `not_found` ("<what> <value> does not exist.") when it is not one.
+    """
     try:
         return uuid.UUID(str(value))
     except ValueError:
@@ -29,7 +34,7 @@ def owned(model: type[T], user: User, object_id: str, what: str) -> T:
         NotFound: 404 when no row has that id, or it is not a UUID.
         PermissionDenied: 403 when the row belongs to another user.
     """
-    row = model.objects.filter(id=_parse_uuid(object_id, what)).first()
+    row = model.objects.filter(id=parse_uuid(object_id, what)).first()
     if row is None:
         raise NotFound(f"{what} {object_id} does not exist.", code="not_found")
     if row.owner_id != user.id:
@@ -50,7 +55,7 @@ def access_message(user: User, chat_id: str, message_id: str) -> tuple[Chat, Mes
         PermissionDenied: 403 when the chat belongs to another user.
     """
     chat = access_chat(user, chat_id)
-    message = Message.objects.filter(id=_parse_uuid(message_id, "Message"), chat=chat).first()
+    message = Message.objects.filter(id=parse_uuid(message_id, "Message"), chat=chat).first()
     if message is None:
         raise NotFound(f"Message {message_id} does not exist in this chat.", code="not_found")
     return chat, message

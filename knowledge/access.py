@@ -7,11 +7,10 @@ user's collection or document is 403, as everywhere in chatsite.
 
 from __future__ import annotations
 
-import uuid
-
 from django.db.models import Q, QuerySet
 from rest_framework.exceptions import NotFound, PermissionDenied
 
+from chats.access import parse_uuid
 from chats.models import User
 from knowledge.models import Collection, Document
 
@@ -24,13 +23,6 @@ def visible_collections(user: User) -> QuerySet[Collection]:
 def visible_documents(user: User) -> QuerySet[Document]:
     """The documents of the collections `user` may read."""
     return Document.objects.filter(Q(collection__owner=user) | Q(collection__owner__isnull=True))
-
-
-def _uuid(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise NotFound(f"{what} {value} does not exist.", code="not_found") from None
 
 
 def _check(owner_id, user: User, for_write: bool, what: str) -> None:
@@ -50,7 +42,7 @@ def access_collection(user: User, collection_id: str, *, for_write: bool = False
         PermissionDenied: 403 when it is another user's, or shared and the user is not staff (for_write).
     """
     collection = (
-        Collection.objects.select_related("embedding_model").filter(id=_uuid(collection_id, "Collection")).first()
+        Collection.objects.select_related("embedding_model").filter(id=parse_uuid(collection_id, "Collection")).first()
     )
     if collection is None:
         raise NotFound(f"Collection {collection_id} does not exist.", code="not_found")
@@ -67,7 +59,10 @@ def access_document(user: User, document_id: str, *, for_write: bool = False) ->
         PermissionDenied: 403 when its collection is another user's (or shared, for_write, to non-staff).
     """
     document = (
-        Document.objects.select_related("collection").defer("data").filter(id=_uuid(document_id, "Document")).first()
+        Document.objects.select_related("collection")
+        .defer("data")
+        .filter(id=parse_uuid(document_id, "Document"))
+        .first()
     )
     if document is None:
         raise NotFound(f"Document {document_id} does not exist.", code="not_found")
