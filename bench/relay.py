@@ -91,7 +91,8 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def publisher(job: dict) -> dict:
-    """Write events to streams as chatsite's workers do (`type` + compact JSON `data`, with `t`).
+    """Write events to streams as chatsite's workers do (`type` + compact JSON `data`, with `t`), through the
+    same script (`chats.bus.APPEND_SCRIPT`: XADD, then PUBLISH of the entry), pipelined.
 
     `job`: `redis_url`, `keys`, `mode`:
     - `rate`: `events` content events per key, `rate` per second per key, then `end`;
@@ -99,7 +100,10 @@ def publisher(job: dict) -> dict:
     - `flood`: `events` content events per key as fast as pipelines go, then `end`.
     A `start` event is written to every key first. Returns `{"written": n, "seconds": s}`.
     """
+    from chats.bus import APPEND_SCRIPT
+
     r = redis.Redis.from_url(job["redis_url"], decode_responses=True)
+    append = r.register_script(APPEND_SCRIPT)
     keys = job["keys"]
     began = time.monotonic()
     written = 0
@@ -109,7 +113,8 @@ def publisher(job: dict) -> dict:
         pipe = r.pipeline(transaction=False)
         for key in batch:
             data = json.dumps({"type": event_type, **extra, "t": time.time()}, separators=(",", ":"))
-            pipe.xadd(key, {"type": event_type, "data": data}, maxlen=20000, approximate=True)
+            # What `chats.bus.RedisBus.append` does: XADD and PUBLISH in one step.
+            append(keys=[key], args=["*", 20000, "", "type", event_type, "data", data], client=pipe)
         pipe.execute()
         written += len(batch)
 
@@ -149,6 +154,7 @@ async def _read(http: httpx.AsyncClient, method: str, url: str, out: dict, **kwa
     """Read one SSE response to its terminal event; record arrival times, `t` latencies, errors in `out`."""
     try:
         async with http.stream(method, url, **kwargs) as response:
+            out["headers"] = time.time()
             if response.status_code != 200:
                 out["error"] = f"HTTP {response.status_code}"
                 return
@@ -218,6 +224,9 @@ async def _posts(job: dict) -> dict:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     timeout = httpx.Timeout(60, read=120)
     ttfts, xadd_to_receipt, errors = [], [], []
+    # Where the time goes: POST sent -> response headers (the web process's view) -> `start` (queue and
+    # worker's claim) -> first `content` (the worker's steps up to its first XADD of text, and the relay).
+    phases: dict[str, list[float]] = {"post_to_headers": [], "headers_to_start": [], "start_to_first_content": []}
     async with httpx.AsyncClient(base_url=job["base_url"], cookies=job["cookies"], limits=limits, timeout=timeout) as h:
         chats = job["chats"]
         for i in range(0, len(chats), job["at_once"]):
@@ -242,10 +251,20 @@ async def _posts(job: dict) -> dict:
                     errors.append(out["error"] or "no content or no terminal event")
                     continue
                 ttfts.append(out["first_content"] - sent)
+                if out.get("headers") and out.get("started"):
+                    phases["post_to_headers"].append(out["headers"] - sent)
+                    phases["headers_to_start"].append(out["started"] - out["headers"])
+                    phases["start_to_first_content"].append(out["first_content"] - out["started"])
                 if out.get("first_content_xadd"):
                     xadd_to_receipt.append(out["first_content"] - out["first_content_xadd"])
             await asyncio.sleep(job.get("pause", 0.05))
-    return {"ttfts": ttfts, "xadd_to_receipt": xadd_to_receipt, "errors": len(errors), "error_samples": errors[:3]}
+    return {
+        "ttfts": ttfts,
+        "xadd_to_receipt": xadd_to_receipt,
+        "phases": phases,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+    }
 
 
 def _loadgen_main(job: dict, results, connected) -> None:
@@ -377,6 +396,7 @@ def measure_ttft(b: Bench) -> dict:
             **summary_ms([t - first for t in result["ttfts"]]),
             "errors": result["errors"],
             "first_content_xadd_to_receipt": summary_ms(result["xadd_to_receipt"]),
+            "phases": {name: summary_ms(values) for name, values in result["phases"].items()},
         }
     return out
 
@@ -611,6 +631,11 @@ def table(f: dict, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
             (f"added TTFT, {args.at_once} at once, p99", fmt(many.get("p99_ms"), " ms"), "<= 150 ms", "n/a"),
             ("  (errors)", f"{one.get('errors')} / {many.get('errors')}", "0", "n/a"),
         ]
+        for label, part in (("1 client", one), (f"{args.at_once} at once", many)):
+            phases = part.get("phases") or {}
+            p50s = [fmt((phases.get(k) or {}).get("p50_ms")) for k in
+                    ("post_to_headers", "headers_to_start", "start_to_first_content")]  # fmt: skip
+            rows.append((f"  {label}, p50: POST view / to start / to content", " / ".join(p50s) + " ms", "-", "n/a"))
     if "latency" in f:
         c, base = f["latency"]["chatsite"], f["latency"]["baseline"]
         n = args.latency_streams

@@ -88,6 +88,42 @@ class EventBus(ABC):
         """Wait up to `block_seconds` for entries after the id `after`; return up to `count` (maybe none)."""
 
 
+# XADD, and in the same atomic step PUBLISH the new entry on the channel named like the stream, so that readers
+# that follow many streams (chats.events.StreamMux) learn of each entry without polling or re-issuing a
+# blocking XREAD over every stream they follow. The message is the entry id, then the fields' names and values,
+# joined by NUL characters (see `decode_entry`). KEYS: the stream, then optionally a flag key whose existence
+# is reported. ARGV: the entry id (or `*`), MAXLEN (approximate), the expiry in seconds (or ''), then field
+# names and values. Returns {entry id, flag}; the id is nil when the id asked for is not above the stream's last.
+APPEND_SCRIPT = """
+local xadd = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[1]}
+local message = {}
+for i = 4, #ARGV do
+  xadd[#xadd + 1] = ARGV[i]
+  message[#message + 1] = ARGV[i]
+end
+local flag = 0
+if #KEYS > 1 then flag = redis.call('EXISTS', KEYS[2]) end
+local id = redis.pcall(unpack(xadd))
+if type(id) == 'table' and id.err then
+  if string.find(id.err, 'equal or smaller', 1, true) then return {false, flag} end
+  return id
+end
+if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+redis.call('PUBLISH', KEYS[1], id .. '\\0' .. table.concat(message, '\\0'))
+return {id, flag}
+"""
+
+
+def decode_entry(message: str) -> Entry:
+    """An entry as `APPEND_SCRIPT` publishes it (`id NUL name NUL value ...`) -> `(entry_id, fields)`.
+
+    Field names and values must hold no NUL character (chatsite's are an event type and compact JSON, where
+    control characters are always escaped).
+    """
+    parts = message.split("\x00")
+    return parts[0], dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
 class RedisBus(EventBus):
     """The bus on Redis: streams are Redis Streams, flags are keys with a TTL.
 
@@ -101,20 +137,15 @@ class RedisBus(EventBus):
     def __init__(self, client: redis.Redis, async_client) -> None:
         self.client = client
         self.async_client = async_client
+        self._append = client.register_script(APPEND_SCRIPT)
 
     def append(self, stream, fields, *, entry_id=None, maxlen, expire_seconds=None, check_flag=None):
-        pipe = self.client.pipeline(transaction=expire_seconds is not None)
-        pipe.xadd(stream, fields, id=entry_id or "*", maxlen=maxlen, approximate=True)
-        if expire_seconds is not None:
-            pipe.expire(stream, int(expire_seconds))
-        if check_flag:
-            pipe.exists(check_flag)
-        results = pipe.execute(raise_on_error=False)
-        if isinstance(results[0], redis.ResponseError):
-            if "equal or smaller" not in str(results[0]):
-                raise results[0]
-            return None, bool(check_flag and results[-1])
-        return results[0], bool(check_flag and results[-1])
+        keys = [stream, check_flag] if check_flag else [stream]
+        args = [entry_id or "*", maxlen, int(expire_seconds) if expire_seconds is not None else ""]
+        for name, value in fields.items():
+            args += [name, value]
+        new_id, flag_set = self._append(keys=keys, args=args)
+        return new_id, bool(flag_set)
 
     def entries(self, stream, start="-", end="+"):
         return self.client.xrange(stream, start, end)

@@ -30,7 +30,7 @@ from django.conf import settings
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from chats.bus import EventBus, MemoryBus, RedisBus, parse_entry_id
+from chats.bus import EventBus, MemoryBus, RedisBus, decode_entry, parse_entry_id
 
 logger = logging.getLogger(__name__)
 
@@ -372,17 +372,36 @@ class Heartbeat:
 
 
 class _Subscriber:
-    """One reader of one stream inside a `StreamMux`: entries after `after` are queued here for it."""
+    """One reader of one stream inside a `StreamMux`: entries after `after` are queued here for it.
 
-    __slots__ = ("after", "after_key", "entries", "error", "event", "key")
+    Until its backlog has been read (`ready`), entries that arrive live are held apart (`held`), and joined
+    after the backlog, so that each entry reaches the reader once and in order.
+    """
+
+    __slots__ = ("after", "after_key", "entries", "error", "event", "held", "key", "ready")
 
     def __init__(self, key: str, after: str) -> None:
         self.key = key
         self.after = after
         self.after_key = parse_entry_id(after)
         self.entries: list[tuple[str, dict[str, str]]] = []
+        self.held: list[tuple[str, dict[str, str]]] = []
+        self.ready = False
         self.error: BaseException | None = None
         self.event = asyncio.Event()
+
+    def push(self, found: list[tuple[str, dict[str, str]]]) -> None:
+        """Queue the entries of `found` that are after this reader's last one (`found` is in id order)."""
+        new = [e for e in found if parse_entry_id(e[0]) > self.after_key]
+        if new:
+            self.entries.extend(new)
+            self.after = new[-1][0]
+            self.after_key = parse_entry_id(self.after)
+            self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
 
     async def get(self, timeout: float) -> list[tuple[str, dict[str, str]]]:
         """The entries that arrived since the last call, waiting up to `timeout` seconds (maybe none).
@@ -401,123 +420,207 @@ class _Subscriber:
 
 
 class StreamMux:
-    """One blocking XREAD, on one Redis connection, for every stream an event loop's readers follow.
+    """Every stream an event loop's readers follow, on two Redis connections, whatever their number.
 
-    A web process holds one of these per event loop (daphne runs one), so open streams cost no Redis
-    connection each, and nothing wakes per stream: the single reader wakes when any followed stream gets
-    entries (or every `block_ms` when all are idle) and hands each reader the entries after its own last id.
-    A reader that subscribes while the XREAD blocks gets its stream added at once: the XREAD is cut short
-    with CLIENT UNBLOCK from another connection, then issued again with the new key.
+    Writers append through `chats.bus.APPEND_SCRIPT`, which publishes each new entry on a pub/sub channel
+    named like its stream, in the same atomic step as the XADD. The mux holds one pub/sub connection,
+    subscribed to the channel of every followed stream, and hands each message to that stream's readers: an
+    entry costs one message, and a new reader costs one SUBSCRIBE, not a new blocking XREAD over every
+    stream. A new reader's backlog (the entries after its `after` id, written before its subscription took
+    effect) is read with XRANGE once Redis has confirmed the subscription, on a second, pooled connection,
+    batched with other new readers' in one pipeline; entries arriving live meanwhile are held and joined after
+    it, so each entry is delivered once and in order.
 
-    If Redis fails, every current subscriber gets the error from `get()` and the reader stops; the next
-    subscription starts it again on a new connection.
+    A stream nobody follows any more is unsubscribed; when nothing is followed, the reader task ends and
+    closes its connection. If Redis fails, every current reader gets the error from `get()` (they resume
+    from their last id: pub/sub alone would lose what was published meanwhile) and the next subscription
+    starts again on a new connection.
 
     Args:
         url: the Redis URL.
-        block_ms: how long one XREAD blocks when nothing arrives, in milliseconds.
-        count: the most entries one XREAD takes per stream.
+        count: the most entries one backlog read takes per stream (more are read in further rounds).
     """
 
-    def __init__(self, url: str, *, block_ms: int = 5000, count: int = 500) -> None:
+    def __init__(self, url: str, *, count: int = 500) -> None:
         self.url = url
-        self.block_ms = block_ms
         self.count = count
         self._subs: dict[str, set[_Subscriber]] = {}
-        self._task: asyncio.Task | None = None
-        self._client_id: int | None = None
-        self._version = 0  # bumped when a key is added; the XREAD in flight knows the version it was built at
-        self._in_flight: int | None = None
-        self._kicking = False
+        # Each followed channel: "subscribing" (SUBSCRIBE sent), "live" (confirmed), "leaving" (UNSUBSCRIBE sent).
+        self._channels: dict[str, str] = {}
+        self._pubsub: redis.asyncio.client.PubSub | None = None
+        self._reader: asyncio.Task | None = None
+        self._commands: list[tuple[str, str]] = []  # (SUBSCRIBE or UNSUBSCRIBE, channel), in order
+        self._sender: asyncio.Task | None = None
+        self._backlog: dict[_Subscriber, None] = {}  # readers whose backlog is to be read, in arrival order
+        self._fetcher: asyncio.Task | None = None
 
     def subscribe(self, key: str, after: str) -> _Subscriber:
         """Follow `key` from after the entry id `after`; call `unsubscribe` when done."""
         sub = _Subscriber(key, after)
-        subs = self._subs.get(key)
-        if subs is None:
-            self._subs[key] = {sub}
-            self._version += 1
-        else:
-            subs.add(sub)
-            self._version += 1  # its cursor may be older than the key's current one
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        elif not self._kicking and self._in_flight is not None:
-            self._kicking = True
-            asyncio.get_running_loop().create_task(self._kick())
+        self._subs.setdefault(key, set()).add(sub)
+        state = self._channels.get(key)
+        if state == "live":
+            self._read_backlog(sub)
+        elif state is None:
+            self._channels[key] = "subscribing"
+            self._command("SUBSCRIBE", key)
+        # "subscribing": its confirmation starts the backlog read; "leaving": subscribed again once confirmed.
         return sub
 
     def unsubscribe(self, sub: _Subscriber) -> None:
-        """Stop following for `sub` (its key leaves the next XREAD when nobody else follows it)."""
+        """Stop following for `sub` (its channel is left when nobody else follows it)."""
+        self._backlog.pop(sub, None)
         subs = self._subs.get(sub.key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.key]
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subs[sub.key]
+            if self._channels.get(sub.key) == "live":
+                self._channels[sub.key] = "leaving"
+                self._command("UNSUBSCRIBE", sub.key)
+            # "subscribing": left once its confirmation comes.
 
-    async def _kick(self) -> None:
-        # CLIENT UNBLOCK only works once the XREAD is blocked in Redis: retry briefly while ours is in flight
-        # but may not have reached Redis yet, and stop as soon as an XREAD with the new keys is issued.
-        try:
-            client = async_redis()
-            for _ in range(200):
-                if self._in_flight is None or self._in_flight >= self._version or self._client_id is None:
-                    return
-                if await client.client_unblock(self._client_id):
-                    return
-                await asyncio.sleep(0.001)
-        except redis.RedisError:
-            logger.warning("could not wake the stream reader; new streams wait for its next turn")
-        finally:
-            self._kicking = False
+    # --- the pub/sub connection ---
 
-    async def _run(self) -> None:
-        me = asyncio.current_task()
-        connection = redis.asyncio.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            single_connection_client=True,
-            socket_timeout=self.block_ms / 1000 + 10,
-        )
-        client_id = None
+    def _command(self, name: str, channel: str) -> None:
+        self._commands.append((name, channel))
+        if self._pubsub is None:
+            self._pubsub = redis.asyncio.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                # A pub/sub connection waits as long as nothing is published; a dead one must fail, not be
+                # silently reconnected (what was published meanwhile would be lost): no timeout, no retry.
+                socket_timeout=None,
+                socket_keepalive=True,
+                retry=Retry(ExponentialBackoff(), 0),
+            ).pubsub()
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send(self._pubsub))
+
+    async def _send(self, pubsub) -> None:
+        # Consecutive commands of one kind go out as one SUBSCRIBE (or UNSUBSCRIBE) naming all their channels.
         try:
-            client_id = self._client_id = await connection.client_id()
-            while self._subs:
-                streams = {}
-                for key, subs in self._subs.items():
-                    if len(subs) == 1:
-                        streams[key] = next(iter(subs)).after
-                    else:
-                        streams[key] = min(subs, key=lambda s: s.after_key).after
-                self._in_flight = self._version
-                try:
-                    response = await connection.xread(streams, count=self.count, block=self.block_ms)
-                finally:
-                    self._in_flight = None
-                for key, found in response or ():
-                    for sub in self._subs.get(key, ()):
-                        new = [e for e in found if parse_entry_id(e[0]) > sub.after_key]
-                        if new:
-                            sub.entries.extend(new)
-                            sub.after = new[-1][0]
-                            sub.after_key = parse_entry_id(sub.after)
-                            sub.event.set()
-            # No await between the loop's last check and this: a subscriber that comes later starts a new run.
-            if self._task is me:
-                self._task = None
+            while self._commands and pubsub is self._pubsub:
+                name = self._commands[0][0]
+                run = 0
+                while run < len(self._commands) and self._commands[run][0] == name and run < 1000:
+                    run += 1
+                channels = [c for _, c in self._commands[:run]]
+                del self._commands[:run]
+                if name == "SUBSCRIBE":
+                    await pubsub.subscribe(*channels)
+                else:
+                    await pubsub.unsubscribe(*channels)
+                if self._reader is None or self._reader.done():
+                    self._reader = asyncio.get_running_loop().create_task(self._read(pubsub))
         except (redis.RedisError, OSError) as exc:
-            if self._task is me:
-                self._task = None
-            error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
-            for subs in self._subs.values():
-                for sub in subs:
-                    sub.error = error
-                    sub.event.set()
-            self._subs.clear()
-        finally:
-            if self._client_id == client_id:
-                self._client_id = None
-            with contextlib.suppress(Exception):
-                await connection.aclose()
+            self._lost(pubsub, exc)
+
+    async def _read(self, pubsub) -> None:
+        try:
+            while pubsub is self._pubsub:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                kind, channel = message["type"], message["channel"]
+                if kind == "message":
+                    subs = self._subs.get(channel)
+                    if subs:
+                        entry = decode_entry(message["data"])
+                        for sub in subs:
+                            if sub.ready:
+                                sub.push([entry])
+                            else:
+                                sub.held.append(entry)
+                elif kind == "subscribe":
+                    self._subscribed(channel)
+                elif kind == "unsubscribe":
+                    self._unsubscribed(channel)
+                if not self._channels and not self._commands:
+                    # Nothing followed, nothing to send. No await since the check: a later subscription
+                    # starts a new connection.
+                    self._pubsub = None
+                    break
+        except (redis.RedisError, OSError) as exc:
+            self._lost(pubsub, exc)
+            return
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+
+    def _subscribed(self, channel: str) -> None:
+        if self._channels.get(channel) != "subscribing":
+            return
+        if channel in self._subs:
+            self._channels[channel] = "live"
+            for sub in self._subs[channel]:
+                if not sub.ready:
+                    self._read_backlog(sub)
+        else:  # everyone left while the SUBSCRIBE was on its way
+            self._channels[channel] = "leaving"
+            self._command("UNSUBSCRIBE", channel)
+
+    def _unsubscribed(self, channel: str) -> None:
+        if self._channels.get(channel) != "leaving":
+            return
+        if channel in self._subs:  # followed again while the UNSUBSCRIBE was on its way
+            self._channels[channel] = "subscribing"
+            self._command("SUBSCRIBE", channel)
+        else:
+            del self._channels[channel]
+
+    def _lost(self, pubsub, exc: BaseException) -> None:
+        if pubsub is not self._pubsub:
+            return
+        logger.warning("stream reader lost Redis: %s", exc)
+        error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.fail(error)
+        self._subs.clear()
+        self._channels.clear()
+        self._commands.clear()
+        self._backlog.clear()
+        self._pubsub = None
+        asyncio.get_running_loop().create_task(_close_quietly(pubsub))
+
+    # --- backlogs ---
+
+    def _read_backlog(self, sub: _Subscriber) -> None:
+        self._backlog[sub] = None
+        if self._fetcher is None or self._fetcher.done():
+            self._fetcher = asyncio.get_running_loop().create_task(self._fetch())
+
+    async def _fetch(self) -> None:
+        client = async_redis()
+        while self._backlog:
+            batch = list(self._backlog)
+            self._backlog.clear()
+            try:
+                pipe = client.pipeline(transaction=False)
+                for sub in batch:
+                    pipe.xrange(sub.key, min=f"({sub.after}", count=self.count)
+                results = await pipe.execute()
+            except (redis.RedisError, OSError) as exc:
+                error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+                for sub in batch:
+                    sub.fail(error)
+                continue
+            for sub, found in zip(batch, results, strict=True):
+                if sub not in self._subs.get(sub.key, ()):
+                    continue  # it left meanwhile
+                sub.push(found)
+                if len(found) >= self.count:
+                    self._backlog[sub] = None  # more to read
+                    continue
+                held, sub.held = sub.held, []
+                sub.ready = True
+                sub.push(held)
+
+
+async def _close_quietly(pubsub) -> None:
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()
 
 
 _muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StreamMux] = weakref.WeakKeyDictionary()
@@ -532,15 +635,17 @@ def stream_mux() -> StreamMux:
     return mux
 
 
-async def read_events(
+async def read_event_batches(
     message_id: str, last_id: str = "0-0", *, idle_seconds: float | None = None
-) -> AsyncIterator[tuple[str, str, str] | None]:
-    """Follow a reply's stream from after `last_id` until its terminal event.
+) -> AsyncIterator[list[tuple[str, str, str]]]:
+    """Follow a reply's stream from after `last_id` until its terminal event, in batches.
 
-    Yields `(entry_id, type, data_json)` for each event in order, and `None` each time `idle_seconds`
-    (default `CHATSITE_SSE_PING_SECONDS`) pass with no event, so the caller can send a keep-alive.
-    Returns after yielding the terminal event. With Redis, every reader of the event loop shares one
-    `StreamMux` (one connection, one XREAD); in embedded mode it reads the memory bus.
+    Yields lists of `(entry_id, type, data_json)`, in order: each list holds every event that had arrived
+    when the reader woke, so a busy stream is relayed in few writes. Yields an empty list each time
+    `idle_seconds` (default `CHATSITE_SSE_PING_SECONDS`) pass with no event, so the caller can send a
+    keep-alive. Returns after the batch that holds the terminal event (which ends that batch). With Redis,
+    every reader of the event loop shares one `StreamMux` (one pub/sub connection); in embedded mode it
+    reads the memory bus.
 
     Raises:
         redis.RedisError: when Redis cannot be reached.
@@ -548,28 +653,54 @@ async def read_events(
     idle = settings.CHATSITE_SSE_PING_SECONDS if idle_seconds is None else idle_seconds
     event_bus = bus()
     key = stream_key(message_id)
-    if not isinstance(event_bus, RedisBus):
-        while True:
+    if isinstance(event_bus, RedisBus):
+        mux = stream_mux()
+        sub = mux.subscribe(key, last_id)
+
+        async def next_entries() -> list[tuple[str, dict[str, str]]]:
+            return await sub.get(idle)
+    else:
+        sub = None
+
+        async def next_entries() -> list[tuple[str, dict[str, str]]]:
+            nonlocal last_id
             found = await event_bus.read(key, last_id, count=500, block_seconds=idle)
-            if not found:
-                yield None
-                continue
-            for entry_id, fields in found:
-                last_id = entry_id
-                yield entry_id, fields["type"], fields["data"]
-                if fields["type"] in TERMINAL_TYPES:
-                    return
-    mux = stream_mux()
-    sub = mux.subscribe(key, last_id)
+            if found:
+                last_id = found[-1][0]
+            return found
+
     try:
         while True:
-            found = await sub.get(idle)
-            if not found:
-                yield None
-                continue
-            for entry_id, fields in found:
-                yield entry_id, fields["type"], fields["data"]
+            batch = []
+            for entry_id, fields in await next_entries():
+                batch.append((entry_id, fields["type"], fields["data"]))
                 if fields["type"] in TERMINAL_TYPES:
+                    yield batch
                     return
+            yield batch
     finally:
-        mux.unsubscribe(sub)
+        if sub is not None:
+            mux.unsubscribe(sub)
+
+
+async def read_events(
+    message_id: str, last_id: str = "0-0", *, idle_seconds: float | None = None
+) -> AsyncIterator[tuple[str, str, str] | None]:
+    """Follow a reply's stream from after `last_id` until its terminal event, one event at a time.
+
+    Yields `(entry_id, type, data_json)` for each event in order, and `None` each time `idle_seconds`
+    (default `CHATSITE_SSE_PING_SECONDS`) pass with no event. Returns after yielding the terminal event.
+    See `read_event_batches`.
+
+    Raises:
+        redis.RedisError: when Redis cannot be reached.
+    """
+    batches = read_event_batches(message_id, last_id, idle_seconds=idle_seconds)
+    try:
+        async for batch in batches:
+            if not batch:
+                yield None
+            for item in batch:
+                yield item
+    finally:
+        await batches.aclose()

@@ -16,7 +16,7 @@ from django.db import connection
 from django.http import StreamingHttpResponse
 
 from chats import events
-from chats.events import parse_entry_id, read_events
+from chats.events import parse_entry_id, read_event_batches
 from chats.models import Message
 
 logger = logging.getLogger(__name__)
@@ -47,9 +47,9 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
     failures = 0
     while True:
         try:
-            async for item in read_events(message_id, last_id):
+            async for batch in read_event_batches(message_id, last_id):
                 failures = 0
-                if item is None:
+                if not batch:
                     yield PING
                     if await events.heartbeat_alive_async(message_id):
                         # A worker is generating it and its events reach the stream: no need to ask the
@@ -60,10 +60,10 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                         yield f"data: {events.encode(terminal)}\n\n".encode()
                         return
                     continue
-                entry_id, event_type, data = item
-                last_id = entry_id
-                yield format_sse(entry_id, data)
-                if event_type in events.TERMINAL_TYPES:
+                last_id = batch[-1][0]
+                # Every event that arrived together goes out in one write.
+                yield b"".join(format_sse(entry_id, data) for entry_id, _, data in batch)
+                if batch[-1][1] in events.TERMINAL_TYPES:
                     return
         except redis.RedisError as exc:
             failures += 1
@@ -142,6 +142,9 @@ def reply_stream_response(message: Message, last_id: str | None = None) -> Strea
             wanted = parse_entry_id(last_id)
         except ValueError:
             raise LastEventIdError(f"Last-Event-ID {last_id!r} is not a stream entry id (<ms>-<seq>).") from None
+    if last_id is None and message.status not in Message.TERMINAL_STATUSES:
+        # A reply in progress, followed from its start: nothing to check against the stream.
+        return event_stream_response(str(message.id))
     newest = events.bus().newest(events.stream_key(str(message.id)))
     if newest:
         if last_id is not None and wanted > parse_entry_id(newest[0]):

@@ -138,3 +138,123 @@ def test_events_carry_the_xadd_time_only_when_the_benchmark_asks(settings):
     )
     assert "t" not in events.json.loads(p_fields["data"])
     assert isinstance(events.json.loads(q_fields["data"])["t"], float)
+
+
+def test_a_reader_that_joins_mid_stream_gets_every_event_once_in_order(settings):
+    """Entries published while a reader's backlog is being read are neither lost nor repeated."""
+    settings.CHATSITE_EMBEDDED = False
+    total = 300
+
+    async def scenario():
+        async def write():
+            for n in range(total):
+                await asyncio.to_thread(publish, "mid", events.content_event(f"{n} "))
+                if n % 50 == 0:
+                    await asyncio.sleep(0.01)
+            await asyncio.to_thread(
+                publish, "mid", events.end_event(message_id="mid", finish_reason="stop", prompt_tokens=0,
+                                                 completion_tokens=total)
+            )  # fmt: skip
+
+        writer = asyncio.create_task(write())
+        readers = []
+        for _ in range(8):  # readers join at different points of the stream
+            await asyncio.sleep(0.02)
+            readers.append(asyncio.create_task(collect("mid")))
+        await writer
+        return await asyncio.gather(*readers)
+
+    for items in asyncio.run(scenario()):
+        got = [i for i in items if i is not None]
+        assert "".join(events.json.loads(d).get("delta", "") for _, t, d in got) == "".join(
+            f"{n} " for n in range(total)
+        )
+        assert len({entry_id for entry_id, _, _ in got}) == len(got) == total + 1
+
+
+def test_a_backlog_longer_than_one_read_is_read_whole(settings):
+    settings.CHATSITE_EMBEDDED = False
+    for n in range(23):
+        publish("long", events.content_event(f"{n},"))
+    publish("long", events.end_event(message_id="long", finish_reason="stop", prompt_tokens=0, completion_tokens=23))
+
+    async def scenario():
+        mux = events._muxes[asyncio.get_running_loop()] = StreamMux(settings.REDIS_URL, count=5)
+        return await collect("long"), mux
+
+    items, _mux = asyncio.run(scenario())
+    assert "".join(events.json.loads(d).get("delta", "") for _, t, d in items) == "".join(f"{n}," for n in range(23))
+    assert items[-1][1] == "end"
+
+
+def test_streams_are_followed_on_one_pubsub_connection_and_left_when_done(settings):
+    settings.CHATSITE_EMBEDDED = False
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    ids = [f"sub{i}" for i in range(20)]
+    keys = [events.stream_key(m) for m in ids]
+
+    async def scenario():
+        readers = [asyncio.create_task(collect(m)) for m in ids]
+        await asyncio.sleep(0.3)
+        subscribed = dict(client.pubsub_numsub(*keys))
+        # Other test runs may hold pub/sub connections of their own: pick this process's by its address.
+        sock = events.stream_mux()._pubsub.connection._writer.get_extra_info("sockname")
+        mine = f"{sock[0]}:{sock[1]}"
+        pubsub_clients = [c for c in client.client_list() if int(c.get("sub", 0)) > 0 and c["addr"] == mine]
+        for m in ids:
+            await asyncio.to_thread(
+                publish, m, events.end_event(message_id=m, finish_reason="stop", prompt_tokens=0, completion_tokens=0)
+            )
+        await asyncio.gather(*readers)
+        await asyncio.sleep(0.3)  # the UNSUBSCRIBE is confirmed
+        return subscribed, pubsub_clients, dict(client.pubsub_numsub(*keys))
+
+    subscribed, pubsub_clients, after = asyncio.run(scenario())
+    assert subscribed == dict.fromkeys(keys, 1)
+    assert len(pubsub_clients) == 1 and int(pubsub_clients[0]["sub"]) == len(ids)
+    assert after == dict.fromkeys(keys, 0)
+
+
+def test_a_stream_left_and_followed_again_at_once_loses_nothing(settings):
+    settings.CHATSITE_EMBEDDED = False
+
+    async def scenario():
+        first = asyncio.create_task(collect("again", idle=0.05, pings=1))
+        await asyncio.sleep(0.2)
+        await first  # leaves: its UNSUBSCRIBE goes out...
+        second = asyncio.create_task(collect("again"))  # ...and the stream is followed again before it is confirmed
+        await asyncio.sleep(0)
+        await asyncio.to_thread(publish, "again", events.content_event("x"))
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(
+            publish, "again", events.end_event(message_id="again", finish_reason="stop", prompt_tokens=0,
+                                               completion_tokens=1)
+        )  # fmt: skip
+        return await asyncio.wait_for(second, 5)
+
+    items = asyncio.run(scenario())
+    assert [t for _, t, _ in items if t] == ["content", "end"]
+
+
+def test_a_lost_pubsub_connection_reaches_every_reader(settings):
+    settings.CHATSITE_EMBEDDED = False
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+
+    async def scenario():
+        mux = events.stream_mux()
+        subs = [mux.subscribe(events.stream_key(f"kill{i}"), "0-0") for i in range(3)]
+        await asyncio.sleep(0.3)
+        sock = mux._pubsub.connection._writer.get_extra_info("sockname")
+        client.client_kill_filter(_type="pubsub", addr=f"{sock[0]}:{sock[1]}")  # this mux's connection only
+        outcomes = []
+        for sub in subs:
+            try:
+                await sub.get(5)
+                outcomes.append("no error")
+            except redis.RedisError as exc:
+                outcomes.append(type(exc).__name__)
+        return outcomes, dict(mux._subs)
+
+    outcomes, left = asyncio.run(scenario())
+    assert outcomes == ["ConnectionError"] * 3
+    assert left == {}
