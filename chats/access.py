@@ -37,6 +37,15 @@ def owned(model: type[T], user: User, object_id: str, what: str) -> T:
     row = model.objects.filter(id=parse_uuid(object_id, what)).first()
     if row is None:
         raise NotFound(f"{what} {object_id} does not exist.", code="not_found")
+    return check_owner(row, user, what)
+
+
+def check_owner(row: T, user: User, what: str) -> T:
+    """`row` if its `owner` is `user`.
+
+    Raises:
+        PermissionDenied: 403 when the row belongs to another user.
+    """
     if row.owner_id != user.id:
         raise PermissionDenied(f"This {what.lower()} belongs to another user.", code="forbidden")
     return row
@@ -54,8 +63,11 @@ def access_message(user: User, chat_id: str, message_id: str) -> tuple[Chat, Mes
         NotFound: 404 when the chat does not exist, or has no such message.
         PermissionDenied: 403 when the chat belongs to another user.
     """
-    chat = access_chat(user, chat_id)
-    message = Message.objects.filter(id=parse_uuid(message_id, "Message"), chat=chat).first()
+    chat_uuid = parse_uuid(chat_id, "Chat")
+    message_uuid = parse_uuid(message_id, "Message")
+    # One query when the message is in the chat (the common case); the chat alone otherwise, for its 404/403.
+    message = Message.objects.select_related("chat").filter(id=message_uuid, chat_id=chat_uuid).first()
+    chat = check_owner(message.chat, user, "Chat") if message is not None else access_chat(user, chat_id)
     if message is None:
         raise NotFound(f"Message {message_id} does not exist in this chat.", code="not_found")
     return chat, message

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, F, Q, Subquery, Value, When
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
@@ -74,6 +75,24 @@ def running_reply(chat: Chat) -> Message | None:
     return chat.messages.filter(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)).first()
 
 
+def _running_and_newest(chat: Chat) -> tuple[Message | None, str | None]:
+    """`chat`'s running reply (or None) and the id of its newest message (or None), in one query.
+
+    Call it with the chat's row locked, in a statement after the lock's: under READ COMMITTED each statement
+    sees what committed before it began, so a send that waited for the lock sees the reply that the send
+    before it created.
+    """
+    newest = chat.messages.order_by("-created_at").values("id")[:1]
+    rows = list(
+        chat.messages.filter(
+            Q(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)) | Q(id=Subquery(newest))
+        ).only("id", "status", "created_at")
+    )
+    running = next((m for m in rows if m.status in (Message.Status.QUEUED, Message.Status.STREAMING)), None)
+    previous = max(rows, key=lambda m: m.created_at, default=None)
+    return running, str(previous.id) if previous else None
+
+
 def do_send_message(
     user: User,
     chat: Chat,
@@ -89,7 +108,9 @@ def do_send_message(
 
     The Celery task is sent only once the transaction has committed, so the worker always finds the rows
     and no event is published for a row that might roll back. A send that repeats an `idempotency_key`
-    already used on this chat returns that earlier reply and enqueues nothing.
+    already used on this chat returns that earlier reply and enqueues nothing. Without a key, the transaction
+    makes three statements: the chat's UPDATE (which locks its row), one read of its running reply and newest
+    message, and one INSERT of both messages.
 
     Returns:
         `(user_message, assistant_message, created)`; `created` is False for a repeated idempotency key.
@@ -98,43 +119,49 @@ def do_send_message(
         IdempotencyKeyReused: 409 when the key was used for a different message.
         ReplyInProgress: 409 when the chat already has a reply queued or streaming.
     """
+    title = " ".join(content.split())[:TITLE_FROM_MESSAGE_CHARS]
     with transaction.atomic():
-        # Lock the chat row so that sends to one chat line up: each sees the other's messages and keys.
-        chat = Chat.objects.select_for_update().get(pk=chat.pk)
+        # The chat's row is locked first, so that sends to one chat line up: each sees the other's messages
+        # and keys. Without a key to look up, the chat's UPDATE (model, time, a title if it has none) is
+        # what takes the lock.
         if idempotency_key:
+            Chat.objects.select_for_update().filter(pk=chat.pk).values_list("pk").get()
             earlier = chat.messages.filter(idempotency_key=idempotency_key).select_related("parent").first()
             if earlier is not None:
                 if earlier.parent is None or earlier.parent.content != content:
                     raise IdempotencyKeyReused()
                 return earlier.parent, earlier, False
-        running = running_reply(chat)
-        if running is not None:
-            raise ReplyInProgress(running.id)
-        previous = chat.messages.order_by("-created_at").first()
         now = timezone.now()
-        question = Message.objects.create(
+        Chat.objects.filter(pk=chat.pk).update(
+            model_id=model.model_id,
+            updated_at=now,
+            title=Case(When(title="", then=Value(title)), default=F("title")),
+        )
+        running, previous_id = _running_and_newest(chat)
+        if running is not None:
+            raise ReplyInProgress(running.id)  # the chat's UPDATE is rolled back with the rest
+        question = Message(
             chat=chat,
             role=Message.Role.USER,
             content=content,
             status=Message.Status.COMPLETED,
             model_id=model.model_id,
             workflow=workflow,
-            parent=previous,
+            parent_id=previous_id,
             attachments=attachments or [],
             created_at=now,
         )
-        reply = _create_reply(chat, question, model, workflow, now, idempotency_key)
-        changes: dict[str, object] = {"model_id": model.model_id}
-        if not chat.title:
-            changes["title"] = " ".join(content.split())[:TITLE_FROM_MESSAGE_CHARS]
-        do_update_chat(chat, **changes)
+        reply = _new_reply(chat, question, model, workflow, now, idempotency_key)
+        Message.objects.bulk_create([question, reply])
+        _enqueue_on_commit(reply)
+    chat.model_id, chat.updated_at, chat.title = model.model_id, now, chat.title or title
     return question, reply, True
 
 
-def _create_reply(
+def _new_reply(
     chat: Chat, question: Message, model: ModelConfig, workflow: Workflow | None, after, idempotency_key: str = ""
 ) -> Message:
-    reply = Message.objects.create(
+    return Message(
         chat=chat,
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
@@ -145,9 +172,11 @@ def _create_reply(
         # One microsecond later, so that ordering by time never puts the reply before its question.
         created_at=after + timedelta(microseconds=1),
     )
+
+
+def _enqueue_on_commit(reply: Message) -> None:
     reply_id = str(reply.id)
     transaction.on_commit(lambda: enqueue_reply(reply_id))
-    return reply
 
 
 def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, workflow: Workflow | None) -> Message:
@@ -167,7 +196,9 @@ def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, wor
         running = running_reply(chat)
         if running is not None:
             raise ReplyInProgress(running.id)
-        reply = _create_reply(chat, question, model, workflow, timezone.now())
+        reply = _new_reply(chat, question, model, workflow, timezone.now())
+        reply.save(force_insert=True)
+        _enqueue_on_commit(reply)
         do_update_chat(chat, model_id=model.model_id)
     return reply
 

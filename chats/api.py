@@ -19,7 +19,6 @@ from chats import actions
 from chats.access import access_api_key, access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
-from chats.exceptions import ReplyInProgress
 from chats.limits import check_send_limits
 from chats.models import ApiKey, Chat, Message
 from chats.serializers import (
@@ -234,10 +233,7 @@ class MessageStreamView(APIView):
         key = idempotency_key(request)
         if not (key and chat.messages.filter(idempotency_key=key).exists()):
             # A repeated send is not a new one: only new sends meet the 409 and the limits (in that order).
-            running = actions.running_reply(chat)
-            if running is not None:
-                raise ReplyInProgress(running.id)
-            check_send_limits(request, self)
+            check_send_limits(request, self, chat)
         _, reply, _ = actions.do_send_message(
             request.user,
             chat,
@@ -316,10 +312,7 @@ class RegenerateView(APIView):
                 {"modelId": [f"The model '{message.model_id}' is no longer available; name another."]}
             )
         workflow = body.validated_data.get("workflowId", message.workflow)
-        running = actions.running_reply(chat)
-        if running is not None:
-            raise ReplyInProgress(running.id)
-        check_send_limits(request, self)
+        check_send_limits(request, self, chat)
         reply = actions.do_regenerate_reply(chat, message, model=model, workflow=workflow)
         return stream_reply(reply)
 

@@ -13,7 +13,8 @@ from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.throttling import UserRateThrottle
 
-from chats.models import DailyUsage, Message, User
+from chats.exceptions import ReplyInProgress
+from chats.models import Chat, DailyUsage, Message, User
 
 
 class SendRateThrottle(UserRateThrottle):
@@ -53,17 +54,29 @@ def do_record_usage(user: User, tokens: int) -> None:
         DailyUsage.objects.get_or_create(user=user, day=today, defaults={"tokens": tokens})
 
 
-def check_send_limits(request: Request, view: object) -> None:
-    """Refuse a send or regenerate that is over one of the user's limits.
+def check_send_limits(request: Request, view: object, chat: Chat | None = None) -> None:
+    """Refuse a send or regenerate in `chat` that another reply of the chat blocks, or that is over one of
+    the user's limits (in that order: 409, then 429).
+
+    The user's replies in progress are read once, for both the chat's 409 and the per-user cap.
 
     Raises:
+        ReplyInProgress: 409 `reply_in_progress` when `chat` already has a reply queued or streaming.
         Throttled: 429 `too_many_replies`, `quota_exceeded` or `rate_limited`, with the seconds to wait.
     """
     user = request.user
-    running = Message.objects.filter(
-        chat__owner=user, role=Message.Role.ASSISTANT, status__in=(Message.Status.QUEUED, Message.Status.STREAMING)
-    ).count()
-    if running >= settings.CHATSITE_MAX_CONCURRENT_REPLIES:
+    cap = settings.CHATSITE_MAX_CONCURRENT_REPLIES
+    in_progress = list(
+        Message.objects.filter(
+            chat__owner=user, role=Message.Role.ASSISTANT, status__in=(Message.Status.QUEUED, Message.Status.STREAMING)
+        ).values_list("id", "chat_id")[: cap + 1]
+    )
+    if chat is not None:
+        for message_id, chat_id in in_progress:
+            if chat_id == chat.id:
+                raise ReplyInProgress(message_id)
+    running = len(in_progress)
+    if running >= cap:
         raise Throttled(
             wait=5,
             detail=f"You already have {running} replies in progress. Wait for one to finish, or stop one.",
