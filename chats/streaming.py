@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import redis
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.db import connection
 from django.http import StreamingHttpResponse
 
@@ -27,6 +27,28 @@ CONNECTED = b": connected\n\n"
 # How often and how long the relay tries to get Redis back before it gives up on a stream.
 RECONNECT_ATTEMPTS = 5
 RECONNECT_BASE_DELAY = 0.5  # seconds, doubled on each attempt
+
+
+def release_request_thread() -> None:
+    """Let go of the thread that asgiref keeps for the current request's sync code, if it has one.
+
+    Django serves each ASGI request inside an asgiref `ThreadSensitiveContext`, whose one-thread executor runs
+    the request's sync code (middleware, sync views, ORM calls) and lives until the response has been sent
+    in full. For a stream that can be an hour: an idle OS thread (and its memory) per open stream. Called
+    once the view has returned its stream, when nothing runs in that thread any more; a later thread-sensitive
+    call in the same request gets a new thread, which asgiref shuts down at the end as usual.
+    """
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context is not None else None
+    if executor is not None:
+        executor.shutdown(wait=False)
+
+
+async def _without_request_thread(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    # Runs when Django starts sending the body: the view and the middleware have returned.
+    release_request_thread()
+    async for chunk in body:
+        yield chunk
 
 
 def format_sse(entry_id: str, data: str) -> bytes:
@@ -83,8 +105,7 @@ def _saved_terminal_sync(message_id: str) -> events.Event | None:
     try:
         message = Message.objects.filter(id=message_id).first()
     finally:
-        # Each open stream has a thread of its own under ASGI: a connection kept here would be held for as
-        # long as the stream stays open, and a few hundred streams would exhaust the database's connections.
+        # This runs on a pool thread shared by every open stream: give the connection back at once.
         connection.close()
     if message is None or message.status not in Message.TERMINAL_STATUSES:
         return None
@@ -92,7 +113,9 @@ def _saved_terminal_sync(message_id: str) -> events.Event | None:
 
 
 async def _saved_terminal(message_id: str) -> events.Event | None:
-    return await sync_to_async(_saved_terminal_sync)(message_id)
+    # Not thread-sensitive: the request's thread was let go (`release_request_thread`), and this closes its
+    # own connection.
+    return await sync_to_async(_saved_terminal_sync, thread_sensitive=False)(message_id)
 
 
 def terminal_event_from_db(message: Message) -> events.Event:
@@ -181,7 +204,7 @@ def _sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
     # at request_finished): give it back now, as the relay needs none. (Not inside a transaction: tests.)
     if not connection.in_atomic_block:
         connection.close()
-    response = StreamingHttpResponse(body, content_type="text/event-stream")
+    response = StreamingHttpResponse(_without_request_thread(body), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # Tells nginx (and proxies that honour it) not to buffer the stream.
     response["X-Accel-Buffering"] = "no"

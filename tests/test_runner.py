@@ -191,12 +191,15 @@ def test_a_chat_without_a_title_is_named_after_its_first_message(alice, scripted
 
 
 def collect(message_id: str, last_id: str = "0-0", limit: int = 50) -> list[bytes]:
+    """The SSE messages (events and comments, each ending in a blank line) that the relay writes, one item
+    each, whether they went out in one write or several."""
+
     async def run() -> list[bytes]:
         chunks = []
         async for chunk in relay(message_id, last_id):
             if chunk == CONNECTED:
                 continue
-            chunks.append(chunk)
+            chunks += [part + b"\n\n" for part in chunk.split(b"\n\n")[:-1]]
             if len(chunks) >= limit:
                 break
         # The relay's database checks ran on asgiref's worker thread: close that connection, or it would

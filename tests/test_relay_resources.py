@@ -1,0 +1,90 @@
+"""What open streams cost the web process, on the live stack (daphne, Celery worker, Redis): no thread and no
+Redis connection per stream. Counts, not timings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from tests.live import new_chat, send
+
+WATCHERS = 40
+
+
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def redis_connections_of(pid: int, port: int) -> int:
+    """Established TCP connections that `pid` holds to 127.0.0.1:`port` (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(
+        1 for r in map(str.split, rows) if r[3] == "01" and int(r[2].split(":")[1], 16) == port and r[9] in inodes
+    )
+
+
+def test_watchers_of_a_reply_hold_no_thread_or_redis_connection_each_and_see_the_whole_reply(
+    live_stack, session, carol, db
+):
+    from pipelines.models import ModelConfig
+
+    script = [f" w{i}" for i in range(25)]
+    ModelConfig.objects.update_or_create(
+        model_id="slow-scripted",
+        defaults={"display_name": "Slow", "provider": "scripted", "context_window": 1000, "default_max_tokens": 100,
+                  "options": {"script": script, "delay": 0.15}},
+    )  # fmt: skip
+    client, token = session
+    chat_id = new_chat(client, token)
+    first = send(client, token, chat_id, carol, model="slow-scripted", stop_after=1)
+    assert first.types == ["start"]
+    message_id = first.events[0]["messageId"]
+    web = live_stack.processes["web"].pid
+    redis_port = urlparse(live_stack.redis_url).port or 6379
+    before = threads_of(web), redis_connections_of(web, redis_port)
+
+    async def watch(http: httpx.AsyncClient, opened: asyncio.Event, counter: list[int]) -> list[dict]:
+        got = []
+        async with http.stream("GET", f"/api/chats/{chat_id}/messages/{message_id}/stream") as response:
+            assert response.status_code == 200
+            counter[0] += 1
+            if counter[0] == WATCHERS:
+                opened.set()
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    got.append(json.loads(line[6:]))
+        return got
+
+    async def scenario() -> tuple[list[list[dict]], int]:
+        opened, counter = asyncio.Event(), [0]
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=live_stack.base_url, cookies=dict(client.cookies), limits=limits, timeout=30
+        ) as http:
+            watchers = [asyncio.create_task(watch(http, opened, counter)) for _ in range(WATCHERS)]
+            await asyncio.wait_for(opened.wait(), 20)
+            await asyncio.sleep(0.5)
+            during = threads_of(web), redis_connections_of(web, redis_port)
+            return await asyncio.gather(*watchers), during
+
+    seen, during = asyncio.run(scenario())
+    # Without letting go of each request's thread, every open stream kept one (40 here); without one shared
+    # pool for Django's cache (sessions), every request opened a Redis connection and held it while it streamed.
+    # The pool holds at most 10.
+    assert during[0] - before[0] < WATCHERS // 4, (before, during)
+    assert during[1] - before[1] <= 10, (before, during)
+    for events in seen:
+        assert events[0]["type"] == "start" and events[-1]["type"] == "end"
+        assert "".join(e.get("delta", "") for e in events if e["type"] == "content") == "".join(script)
