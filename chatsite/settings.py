@@ -66,7 +66,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -74,8 +73,15 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
-    # Last, as django-axes asks: it turns a locked-out login into its lockout response.
+    # After every middleware that acts on the view's response, as django-axes asks: it turns a locked-out
+    # login into its lockout response.
     "axes.middleware.AxesMiddleware",
+    # WhiteNoise serves /static/ and passes everything else through. It is the one sync-only middleware, and
+    # under ASGI Django runs every middleware outside a sync-only one in sync mode too: placed last, it makes
+    # the whole chain and the (sync) views run in one thread hop per request. Placed higher, each async-capable
+    # middleware below it would hop between the event loop and the request's thread for its own
+    # process_request and process_response (about a dozen hops per request).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [
@@ -327,7 +333,14 @@ CACHES = {
     "default": (
         {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
         if CHATSITE_EMBEDDED
-        else {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "chatsite"}
+        else {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "chatsite",
+            # Every request's cache object shares one pool of at most 10 connections (Django would open one per
+            # request); a request waits up to 10 s for a free one.
+            "OPTIONS": {"pool_class": "chatsite.redis_pool.SharedConnectionPool", "max_connections": 10, "timeout": 10},
+        }
     )
 }
 
