@@ -431,10 +431,10 @@ class StreamMux:
     batched with other new readers' in one pipeline; entries arriving live meanwhile are held and joined after
     it, so each entry is delivered once and in order.
 
-    A stream nobody follows any more is unsubscribed; when nothing is followed, the reader task ends and
-    closes its connection. If Redis fails, every current reader gets the error from `get()` (they resume
-    from their last id: pub/sub alone would lose what was published meanwhile) and the next subscription
-    starts again on a new connection.
+    A stream nobody follows any more is unsubscribed. The connection stays open while nothing is followed
+    (it costs Redis nothing, and the next reply's reader need not connect again). If Redis fails, every
+    current reader gets the error from `get()` (they resume from their last id: pub/sub alone would lose
+    what was published meanwhile) and the next subscription starts again on a new connection.
 
     Args:
         url: the Redis URL.
@@ -537,16 +537,8 @@ class StreamMux:
                     self._subscribed(channel)
                 elif kind == "unsubscribe":
                     self._unsubscribed(channel)
-                if not self._channels and not self._commands:
-                    # Nothing followed, nothing to send. No await since the check: a later subscription
-                    # starts a new connection.
-                    self._pubsub = None
-                    break
         except (redis.RedisError, OSError) as exc:
             self._lost(pubsub, exc)
-            return
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()
 
     def _subscribed(self, channel: str) -> None:
         if self._channels.get(channel) != "subscribing":
