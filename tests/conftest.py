@@ -172,7 +172,17 @@ def embedded_stack(django_db_setup, django_db_blocker):
 @pytest.fixture(params=["full", "embedded"])
 def contract_stack(request):
     """Each mode in turn, for tests of the API contract that both modes must keep."""
-    return request.getfixturevalue("live_stack" if request.param == "full" else "embedded_stack")
+    return request.getfixturevalue("live_stack" if request.param == "full" else "embedded_mode")
+
+
+@pytest.fixture
+def embedded_mode(embedded_stack):
+    """The embedded stack, for one test, with the full-mode stack's watchdog paused meanwhile: both use the test
+    database, and it would take embedded replies for lost ones (`tests.live.full_mode_watchdogs_paused`)."""
+    from tests.live import full_mode_watchdogs_paused
+
+    with full_mode_watchdogs_paused():
+        yield embedded_stack
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ database and Redis, plus HTTP helpers that log in and read SSE streams the way a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,8 @@ class Stack:
         self.wait_for(lambda: "ready." in self.log("worker")[since:], 60, "the Celery worker")
 
     def stop(self) -> None:
+        if self in FULL_STACKS:
+            FULL_STACKS.remove(self)
         for process in self.processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -105,6 +108,28 @@ class Stack:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+# The full-mode stacks this test session started (the embedded one's tests pause their watchdogs).
+FULL_STACKS: list[Stack] = []
+
+
+@contextlib.contextmanager
+def full_mode_watchdogs_paused() -> Iterator[None]:
+    """Stop the Celery beat of every running full-mode stack (SIGSTOP) for the block, then let it go on.
+
+    The embedded stack shares the test database with them, and its replies' heartbeats live in its own memory,
+    not in Redis: a full-mode watchdog would take them for replies whose worker died, and queue them again for
+    its own worker, which would then generate them a second time.
+    """
+    paused = [s.processes["beat"] for s in FULL_STACKS if "beat" in s.processes and s.processes["beat"].poll() is None]
+    for process in paused:
+        os.killpg(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in paused:
+            os.killpg(process.pid, signal.SIGCONT)
 
 
 def start_stack(
@@ -168,6 +193,7 @@ def start_stack(
     stack.wait_for(web_up, 30, "daphne to answer")
     if not embedded:
         stack.wait_worker_ready()
+        FULL_STACKS.append(stack)
     return stack
 
 

@@ -251,10 +251,10 @@ def test_another_users_chat_url_is_refused(browser, live_stack, carol):
     page.context.close()
 
 
-def test_embedded_mode_chats_with_smollm2_in_the_browser(browser, embedded_stack, carol, smollm2):
+def test_embedded_mode_chats_with_smollm2_in_the_browser(browser, embedded_mode, carol, smollm2):
     smollm2.default_max_tokens = 40
     smollm2.save()
-    page = open_page(browser, embedded_stack.base_url, carol.username)
+    page = open_page(browser, embedded_mode.base_url, carol.username)
     send(page, "What is the capital of France?", model="SmolLM2 135M Instruct (local)")
     wait_finished(page, timeout=60_000)
     reply = Message.objects.get(chat__owner=carol, role="assistant")
