@@ -9,6 +9,7 @@ import logging
 import secrets
 from datetime import datetime, timedelta
 
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
@@ -334,6 +335,23 @@ def do_end_lost_reply(message_id: str) -> bool:
     return do_end_reply_from_stream(message_id, status=Message.Status.FAILED, error=WORKER_LOST_ERROR)
 
 
+async def _wait_for_terminal_event(message_id: str) -> None:
+    """Return once the reply's stream holds its terminal event; a Redis outage meanwhile (a restart) is waited
+    out, reading again from the last event seen. The caller bounds the wait."""
+    last_id = "0-0"
+    while True:
+        try:
+            async for item in events.read_events(message_id, last_id, idle_seconds=0.5):
+                if item is None:
+                    continue
+                last_id = item[0]
+                if item[1] in events.TERMINAL_TYPES:
+                    return
+            return
+        except redis.RedisError:
+            await asyncio.sleep(0.2)
+
+
 async def do_cancel_reply(message: Message) -> Message:
     """Stop a reply and return it as saved: status `cancelled`, the text streamed so far, `end` published.
 
@@ -359,9 +377,7 @@ async def do_cancel_reply(message: Message) -> Message:
     if await sync_to_async(events.heartbeat_alive)(message_id):
         try:
             async with asyncio.timeout(settings.CHATSITE_CANCEL_WAIT_SECONDS):
-                async for item in events.read_events(message_id, idle_seconds=0.5):
-                    if item is not None and item[1] in events.TERMINAL_TYPES:
-                        break
+                await _wait_for_terminal_event(message_id)
         except TimeoutError:
             logger.warning("reply %s did not stop within the cancel wait; ending it here", message_id)
     await sync_to_async(do_end_reply_from_stream)(

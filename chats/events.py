@@ -119,12 +119,16 @@ def heartbeat_key(message_id: str) -> str:
     return f"{settings.CHATSITE_STREAM_KEY_PREFIX}{message_id}:heartbeat"
 
 
+# Seconds a command waits for a free connection of a full pool (CHATSITE_REDIS_MAX_CONNECTIONS) before it fails.
+POOL_WAIT_SECONDS = 10.0
+
 _sync_client: redis.Redis | None = None
 _sync_lock = threading.Lock()
 
 
 def sync_redis() -> redis.Redis:
-    """The process-wide blocking Redis client (thread-safe connection pool), created on first use.
+    """The process-wide blocking Redis client (thread-safe pool of at most CHATSITE_REDIS_MAX_CONNECTIONS
+    connections), created on first use.
 
     Commands that fail to connect are retried with exponential backoff for about
     `CHATSITE_REDIS_RETRY_SECONDS`, so a Redis restart delays the worker's writes instead of failing them.
@@ -133,12 +137,15 @@ def sync_redis() -> redis.Redis:
     with _sync_lock:
         if _sync_client is None:
             retries = max(1, int(settings.CHATSITE_REDIS_RETRY_SECONDS / 0.5))
-            _sync_client = redis.Redis.from_url(
+            pool = redis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL,
+                max_connections=settings.CHATSITE_REDIS_MAX_CONNECTIONS,
+                timeout=POOL_WAIT_SECONDS,
                 decode_responses=True,
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             )
+            _sync_client = redis.Redis(connection_pool=pool)
         return _sync_client
 
 
@@ -147,14 +154,20 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.async
 
 
 def async_redis() -> redis.asyncio.Redis:
-    """The asyncio Redis client of the running event loop, created on first use."""
+    """The asyncio Redis client of the running event loop (a pool of at most CHATSITE_REDIS_MAX_CONNECTIONS
+    connections), created on first use."""
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        # XREAD blocks for up to the ping interval: the socket timeout must outlast it.
-        client = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL, decode_responses=True, socket_timeout=settings.CHATSITE_SSE_PING_SECONDS + 10
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.CHATSITE_REDIS_MAX_CONNECTIONS,
+            timeout=POOL_WAIT_SECONDS,
+            decode_responses=True,
+            # The memory bus's reader aside, nothing blocks on this client; a reply comes within this or never.
+            socket_timeout=settings.CHATSITE_SSE_PING_SECONDS + 10,
         )
+        client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
 
@@ -414,7 +427,8 @@ class _Subscriber:
                 await asyncio.wait_for(self.event.wait(), timeout)
         self.event.clear()
         if self.error is not None:
-            raise self.error
+            # A new exception for each reader: one object raised in many tasks would pile up their tracebacks.
+            raise redis.ConnectionError(f"the stream reader lost Redis: {self.error}") from self.error
         found, self.entries = self.entries, []
         return found
 
