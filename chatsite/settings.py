@@ -295,6 +295,10 @@ CHATSITE_WATCHDOG_SECONDS = env.float("CHATSITE_WATCHDOG_SECONDS", default=5.0) 
 CHATSITE_REQUEUE_SECONDS = env.float("CHATSITE_REQUEUE_SECONDS", default=60.0)
 CHATSITE_CANCEL_WAIT_SECONDS = env.float("CHATSITE_CANCEL_WAIT_SECONDS", default=5.0)
 CHATSITE_REDIS_RETRY_SECONDS = env.float("CHATSITE_REDIS_RETRY_SECONDS", default=30.0)
+# Most connections each of a process's Redis pools holds (the blocking one, the asyncio one, the cache's); a
+# command waits for a free one rather than opening more, so a web process holds as many with 10 open streams as
+# with 5,000. The pub/sub connection that follows the streams comes on top.
+CHATSITE_REDIS_MAX_CONNECTIONS = env.int("CHATSITE_REDIS_MAX_CONNECTIONS", default=10)
 # bench/relay.py only: workers add `t` (their XADD time, epoch seconds) to every event.
 CHATSITE_BENCH_TIMESTAMPS = env.bool("CHATSITE_BENCH_TIMESTAMPS", default=False)
 CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS = 200
@@ -337,9 +341,13 @@ CACHES = {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "chatsite",
-            # Every request's cache object shares one pool of at most 10 connections (Django would open one per
-            # request); a request waits up to 10 s for a free one.
-            "OPTIONS": {"pool_class": "chatsite.redis_pool.SharedConnectionPool", "max_connections": 10, "timeout": 10},
+            # Every request's cache object shares one pool (Django would open a connection per request); a
+            # request waits up to 10 s for a free connection.
+            "OPTIONS": {
+                "pool_class": "chatsite.redis_pool.SharedConnectionPool",
+                "max_connections": CHATSITE_REDIS_MAX_CONNECTIONS,
+                "timeout": 10,
+            },
         }
     )
 }
