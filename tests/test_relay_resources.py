@@ -4,14 +4,13 @@ Redis connection per stream. Counts, not timings."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 
+from bench.relay import tcp_connections_to
 from tests.live import new_chat, send
 
 WATCHERS = 40
@@ -19,20 +18,6 @@ WATCHERS = 40
 
 def threads_of(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def redis_connections_of(pid: int, port: int) -> int:
-    """Established TCP connections that `pid` holds to 127.0.0.1:`port` (Linux /proc)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(
-        1 for r in map(str.split, rows) if r[3] == "01" and int(r[2].split(":")[1], 16) == port and r[9] in inodes
-    )
 
 
 def test_watchers_of_a_reply_hold_no_thread_or_redis_connection_each_and_see_the_whole_reply(
@@ -53,7 +38,7 @@ def test_watchers_of_a_reply_hold_no_thread_or_redis_connection_each_and_see_the
     message_id = first.events[0]["messageId"]
     web = live_stack.processes["web"].pid
     redis_port = urlparse(live_stack.redis_url).port or 6379
-    before = threads_of(web), redis_connections_of(web, redis_port)
+    before = threads_of(web), tcp_connections_to(web, redis_port)
 
     async def watch(http: httpx.AsyncClient, opened: asyncio.Event, counter: list[int]) -> list[dict]:
         got = []
@@ -76,7 +61,7 @@ def test_watchers_of_a_reply_hold_no_thread_or_redis_connection_each_and_see_the
             watchers = [asyncio.create_task(watch(http, opened, counter)) for _ in range(WATCHERS)]
             await asyncio.wait_for(opened.wait(), 20)
             await asyncio.sleep(0.5)
-            during = threads_of(web), redis_connections_of(web, redis_port)
+            during = threads_of(web), tcp_connections_to(web, redis_port)
             return await asyncio.gather(*watchers), during
 
     seen, during = asyncio.run(scenario())
