@@ -38,8 +38,11 @@ def release_request_thread() -> None:
     once the view has returned its stream, when nothing runs in that thread any more; a later thread-sensitive
     call in the same request gets a new thread, which asgiref shuts down at the end as usual.
     """
-    context = SyncToAsync.thread_sensitive_context.get(None)
-    executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context is not None else None
+    # asgiref's own bookkeeping (asgiref 3.x); without it (another version), streams keep their thread as before.
+    current = getattr(SyncToAsync, "thread_sensitive_context", None)
+    executors = getattr(SyncToAsync, "context_to_thread_executor", None)
+    context = current.get(None) if current is not None else None
+    executor = executors.pop(context, None) if context is not None and executors is not None else None
     if executor is not None:
         executor.shutdown(wait=False)
 
