@@ -433,6 +433,15 @@ class _Subscriber:
         return found
 
 
+# TCP keepalive for the pub/sub connection (Linux names; elsewhere the system's defaults): first probe after 10 s
+# of silence, then every 5 s, 3 unanswered probes and the connection is dead.
+_KEEPALIVE = {
+    option: value
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+    if (option := getattr(socket, name, None)) is not None
+}
+
+
 class StreamMux:
     """Every stream an event loop's readers follow, on two Redis connections, whatever their number.
 
@@ -504,9 +513,11 @@ class StreamMux:
                 self.url,
                 decode_responses=True,
                 # A pub/sub connection waits as long as nothing is published; a dead one must fail, not be
-                # silently reconnected (what was published meanwhile would be lost): no timeout, no retry.
+                # silently reconnected (what was published meanwhile would be lost): no timeout, no retry. TCP
+                # keepalives find a peer that vanished without closing the connection within about 25 s.
                 socket_timeout=None,
                 socket_keepalive=True,
+                socket_keepalive_options=_KEEPALIVE,
                 retry=Retry(ExponentialBackoff(), 0),
             ).pubsub()
         if self._sender is None or self._sender.done():

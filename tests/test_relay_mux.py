@@ -258,3 +258,24 @@ def test_a_lost_pubsub_connection_reaches_every_reader(settings):
     outcomes, left = asyncio.run(scenario())
     assert outcomes == ["ConnectionError"] * 3
     assert left == {}
+
+
+def test_the_pubsub_connection_probes_a_silent_peer(settings):
+    """A Redis that vanishes without closing the connection is noticed by TCP keepalives within about 25 s."""
+    settings.CHATSITE_EMBEDDED = False
+
+    async def scenario():
+        mux = events.stream_mux()
+        sub = mux.subscribe(events.stream_key("probe"), "0-0")
+        await asyncio.sleep(0.2)
+        sock = mux._pubsub.connection._writer.get_extra_info("socket")
+        options = (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        )
+        mux.unsubscribe(sub)
+        return options
+
+    assert asyncio.run(scenario()) == (1, 10, 5, 3)
