@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -164,6 +165,10 @@ def async_redis() -> redis.asyncio.Redis:
             max_connections=settings.CHATSITE_REDIS_MAX_CONNECTIONS,
             timeout=POOL_WAIT_SECONDS,
             decode_responses=True,
+            # A pooled connection that Redis closed (a restart) is opened again and the command sent again, a
+            # few times in the first second, before the caller sees the error.
+            retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             # The memory bus's reader aside, nothing blocks on this client; a reply comes within this or never.
             socket_timeout=settings.CHATSITE_SSE_PING_SECONDS + 10,
         )

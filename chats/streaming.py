@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import redis
@@ -24,9 +25,11 @@ logger = logging.getLogger(__name__)
 PING = b": ping\n\n"
 # Sent first, so that the status line and headers leave at once even when the reply waits in the queue.
 CONNECTED = b": connected\n\n"
-# How often and how long the relay tries to get Redis back before it gives up on a stream.
-RECONNECT_ATTEMPTS = 5
-RECONNECT_BASE_DELAY = 0.5  # seconds, doubled on each attempt
+# How long the relay tries to get Redis back before it gives up on a stream, and how often: the pause between
+# attempts doubles from the base to the cap, so a stream resumes within RECONNECT_MAX_DELAY of Redis's return.
+RECONNECT_SECONDS = 20.0
+RECONNECT_BASE_DELAY = 0.5  # seconds
+RECONNECT_MAX_DELAY = 2.0  # seconds
 
 
 def release_request_thread() -> None:
@@ -65,11 +68,12 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
     Starts with a `: connected` comment. Sends `: ping` whenever `CHATSITE_SSE_PING_SECONDS` pass with no
     event, and then, unless a worker's heartbeat shows the reply is being generated, ends with the saved
     terminal event if the reply ended in the database but its stream never got one. If Redis goes away, it reconnects
-    and carries on from the last event it relayed; after `RECONNECT_ATTEMPTS` failures it sends an `error`
-    event (`stream_unavailable`, retryable, no `id:`) and ends, so the client can resume later.
+    and carries on from the last event it relayed; when it has not got Redis back within `RECONNECT_SECONDS` it
+    sends an `error` event (`stream_unavailable`, retryable, no `id:`) and ends, so the client can resume later.
     """
     yield CONNECTED
     failures = 0
+    lost_at = 0.0
     while True:
         try:
             async for batch in read_event_batches(message_id, last_id):
@@ -92,8 +96,10 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                     return
         except redis.RedisError as exc:
             failures += 1
+            if failures == 1:
+                lost_at = time.monotonic()
             logger.warning("relay of %s lost Redis (%s), attempt %d", message_id, exc, failures)
-            if failures > RECONNECT_ATTEMPTS:
+            if time.monotonic() - lost_at > RECONNECT_SECONDS:
                 error = events.error_event(
                     code="stream_unavailable",
                     message="The event stream is unavailable right now. Resume it in a moment.",
@@ -101,7 +107,7 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                 )
                 yield f"data: {events.encode(error)}\n\n".encode()
                 return
-            await asyncio.sleep(RECONNECT_BASE_DELAY * 2 ** (failures - 1))
+            await asyncio.sleep(min(RECONNECT_MAX_DELAY, RECONNECT_BASE_DELAY * 2 ** (failures - 1)))
 
 
 def _saved_terminal_sync(message_id: str) -> events.Event | None:
