@@ -279,3 +279,23 @@ def test_the_pubsub_connection_probes_a_silent_peer(settings):
         return options
 
     assert asyncio.run(scenario()) == (1, 10, 5, 3)
+
+
+def test_a_reader_gets_its_backlog_after_redis_closed_the_pooled_connections(settings):
+    """After a Redis restart the pooled connections are dead: the backlog read opens new ones, no error."""
+    settings.CHATSITE_EMBEDDED = False
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    publish("stale", events.content_event("a"))
+    publish("stale", events.end_event(message_id="stale", finish_reason="stop", prompt_tokens=0, completion_tokens=1))
+
+    async def scenario():
+        first = await collect("stale")
+        pool = events.async_redis().connection_pool
+        for connection in pool._get_free_connections():
+            sock = connection._writer.get_extra_info("sockname")
+            client.client_kill_filter(addr=f"{sock[0]}:{sock[1]}")
+        await asyncio.sleep(0.1)
+        return first, await asyncio.wait_for(collect("stale"), 5)
+
+    first, again = asyncio.run(scenario())
+    assert [t for _, t, _ in first] == [t for _, t, _ in again] == ["content", "end"]
