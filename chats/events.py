@@ -418,6 +418,7 @@ class _Subscriber:
             self.event.set()
 
     def fail(self, error: BaseException) -> None:
+        """Make the next `get()` raise (a `redis.ConnectionError` caused by `error`)."""
         self.error = error
         self.event.set()
 
@@ -523,7 +524,7 @@ class StreamMux:
                 socket_timeout=None,
                 socket_keepalive=True,
                 socket_keepalive_options=_KEEPALIVE,
-                retry=Retry(ExponentialBackoff(), 0),
+                retry=AsyncRetry(ExponentialBackoff(), 0),
             ).pubsub()
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send(self._pubsub))
@@ -595,10 +596,9 @@ class StreamMux:
         if pubsub is not self._pubsub:
             return
         logger.warning("stream reader lost Redis: %s", exc)
-        error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
         for subs in self._subs.values():
             for sub in subs:
-                sub.fail(error)
+                sub.fail(exc)
         self._subs.clear()
         self._channels.clear()
         self._commands.clear()
@@ -624,9 +624,8 @@ class StreamMux:
                     pipe.xrange(sub.key, min=f"({sub.after}", count=self.count)
                 results = await pipe.execute()
             except (redis.RedisError, OSError) as exc:
-                error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
                 for sub in batch:
-                    sub.fail(error)
+                    sub.fail(exc)
                 continue
             for sub, found in zip(batch, results, strict=True):
                 if sub not in self._subs.get(sub.key, ()):

@@ -7,7 +7,7 @@ enqueued. Over a limit is 429 with `Retry-After` and a message that says which l
 from datetime import datetime, time, timedelta
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
@@ -66,11 +66,13 @@ def check_send_limits(request: Request, view: object, chat: Chat | None = None) 
     """
     user = request.user
     cap = settings.CHATSITE_MAX_CONCURRENT_REPLIES
-    in_progress = list(
-        Message.objects.filter(
-            chat__owner=user, role=Message.Role.ASSISTANT, status__in=(Message.Status.QUEUED, Message.Status.STREAMING)
-        ).values_list("id", "chat_id")[: cap + 1]
+    rows = Message.objects.filter(
+        chat__owner=user, role=Message.Role.ASSISTANT, status__in=(Message.Status.QUEUED, Message.Status.STREAMING)
     )
+    if chat is not None:
+        # The chat's own reply first, so that the count's limit never hides it (409 comes before 429).
+        rows = rows.order_by(Case(When(chat_id=chat.id, then=Value(0)), default=Value(1)))
+    in_progress = list(rows.values_list("id", "chat_id")[: cap + 1])
     if chat is not None:
         for message_id, chat_id in in_progress:
             if chat_id == chat.id:
