@@ -11,8 +11,11 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # cached native wheel would break on any other CPU.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-# The demo sales database that the seeded "SQL analyst" workflow reads (manage.py seed_demo_database).
+# The demo sales database that the seeded "SQL analyst" workflow reads (manage.py seed_demo_database creates it
+# with this admin URL), and the URL the demo connector reads it with: a role that may only SELECT its table
+# (seed_demo_database creates that role too; connectors refuse superusers).
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
+export CHATSITE_DEMO_CONNECTOR_URL ?= postgres://chatsite_demo_reader@127.0.0.1:5432/chatsite_demo
 
 .PHONY: run test lint format install install-dev pgvector chaos bench bench-retrieval clean
 

@@ -47,6 +47,9 @@ class WorkflowAdmin(admin.ModelAdmin):
 
 @admin.register(Connector)
 class ConnectorAdmin(admin.ModelAdmin):
+    """Staff create connectors and grant them to users and groups (nothing is granted to everyone)."""
+
     list_display = ["name", "url_env", "statement_timeout_ms", "max_rows", "is_active"]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", "groups"]
     search_fields = ["name", "description", "url_env"]
+    filter_horizontal = ["users", "groups"]

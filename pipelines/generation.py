@@ -358,13 +358,22 @@ class ReplyGeneration:
         return {"output": self._current_question()}
 
     def _step_sql(self, step: dict, explicit: bool, index: int) -> dict | None:
+        from pipelines.access import workflow_connectors
         from pipelines.connectors import ConnectorError, run_read_query
 
-        connector = Connector.objects.filter(name=step["connector"], is_active=True).first()
+        workflow = self.message.workflow
+        # Checked again at every run, not only on save: grants change, and rows written before grants
+        # existed (or straight into the database) were never checked. A shared workflow (owner None, written
+        # by staff) may name any active connector; a user's, only those granted to its owner.
+        allowed = workflow_connectors(workflow.owner) if workflow is not None else Connector.objects.none()
+        connector = allowed.filter(name=step["connector"]).first()
         if connector is None:
+            # The same words for a missing, inactive or ungranted connector.
             raise GenerationError("connector_unavailable", f"The connector '{step['connector']}' is not available.")
         try:
-            result = run_read_query(connector, step["query"], {"text": self._current_question()})
+            result = run_read_query(
+                connector, step["query"], {"text": self._current_question()}, message_id=self.message_id
+            )
         except ConnectorError as exc:
             retryable = exc.code in ("sql_timeout", "connector_unavailable")
             raise GenerationError(exc.code, exc.message, retryable=retryable) from exc
@@ -405,7 +414,12 @@ class ReplyGeneration:
         except EmbeddingError as exc:
             raise GenerationError(exc.code, exc.message, retryable=exc.retryable) from exc
         except ValueError as exc:
-            raise GenerationError("retrieval_failed", str(exc)) from exc
+            # Only steps saved before validation reach this (a bad strategy or metadata key); the text of a
+            # ValueError is not ours to show, so it goes to the log.
+            logger.warning("reply %s: the retrieve step failed: %s", self.message_id, exc)
+            raise GenerationError(
+                "retrieval_failed", "The retrieve step's settings could not be used; its workflow needs fixing."
+            ) from exc
         known = {r.hit.chunk_id for r in self.retrieved}
         self.retrieved += [r for r in found if r.hit.chunk_id not in known]
         return {"resultCount": len(found)}

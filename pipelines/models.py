@@ -102,9 +102,12 @@ class Workflow(models.Model):
 
 
 class Connector(models.Model):
-    """A database that `sql` steps and the `sql_query` tool may read (PostgreSQL).
+    """A database that `sql` steps and the `sql_query` tool may read (PostgreSQL), created by staff.
 
-    The database URL is never stored: `url_env` names the environment variable that holds it.
+    The database URL is never stored: `url_env` names the environment variable that holds it (a URL whose
+    role may only read: `pipelines.connectors` refuses roles that may do more). A connector is usable only by
+    the `users` and `groups` it is granted to (`pipelines.access.usable_connectors`), never by everyone;
+    shared workflows (written by staff) may still name any active connector in their `sql` steps.
     """
 
     name = models.SlugField(max_length=100, unique=True, help_text="How workflows and the sql_query tool name it.")
@@ -116,6 +119,18 @@ class Connector(models.Model):
     )
     statement_timeout_ms = models.PositiveIntegerField(default=5000, help_text="Milliseconds one query may run.")
     max_rows = models.PositiveIntegerField(default=200, help_text="Most rows a query returns.")
+    users = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="granted_connectors",
+        help_text="Users who may name it in their workflows' sql steps and query it with the sql_query tool.",
+    )
+    groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="granted_connectors",
+        help_text="Groups whose members may use it, as the users above.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -5,8 +5,9 @@ A workflow's `steps` is a list of objects, each with a `type`:
   `{weekday}` and `{user_name}` are replaced (other braces are left as they are);
 - `rewrite_query`: an LLM call, not streamed to the user, whose answer replaces the question for the steps
   after it: optional `instructions`, `model` (a modelId), `max_tokens` (1-512, default 64);
-- `sql`: a read-only `query` on the `connector` named (a `pipelines.Connector`); `%(text)s` in the query is
-  bound to the current question; the columns and rows go to the `generate` step as context;
+- `sql`: a read-only `query` on the `connector` named (a `pipelines.Connector` granted to the workflow's
+  owner; a shared workflow, written by staff, may name any active one); `%(text)s` in the query is bound to
+  the current question; the columns and rows go to the `generate` step as context;
 - `retrieve`: passages of the user's documents for the question (seed 002's RAG options): `sources` (each
   a `collection` id, or none for every collection the user may search, with `limit` 1-50 (5),
   `similarity_threshold` 0-1 (0.25: all-MiniLM-L6-v2 scores related passages about 0.25-0.7, so seed
@@ -135,15 +136,17 @@ def _collection_problem(collection_id: Any, owner: Any) -> str | None:
 def validate_steps(steps: Any, *, owner: Any = ANY_OWNER) -> list[dict[str, Any]]:
     """Check a workflow's steps and return them normalised (defaults filled in, unknown keys dropped).
 
-    `owner` is the workflow's owner (None: a shared workflow): a retrieve step may name only collections
-    that owner may search (a shared workflow: shared collections). Leave it out to skip that check.
+    `owner` is the workflow's owner (None: a shared workflow, written by staff): a retrieve step may name only
+    collections that owner may search (a shared workflow: shared collections), and an sql step only
+    connectors granted to that owner (a shared workflow: any active connector). Leave it out to skip both
+    checks.
 
     Raises:
         serializers.ValidationError: a list of messages, one per problem, each naming the step
             ("Step 2 (sql): connector: ..."), for an unknown type, a bad field, an unknown model, tool or
             connector, a read query that is not a single SELECT, or a misplaced or missing `generate` step.
     """
-    from pipelines.access import usable_models
+    from pipelines.access import usable_models, workflow_connectors
     from pipelines.connectors import ConnectorError, check_read_query
     from pipelines.models import Connector
     from pipelines.tools import registry
@@ -182,10 +185,16 @@ def validate_steps(steps: Any, *, owner: Any = ANY_OWNER) -> list[dict[str, Any]
                 if problem:
                     problems.append(f"Step {number} (retrieve): sources: {problem}")
         if kind == "sql":
-            if not Connector.objects.filter(name=data["connector"], is_active=True).exists():
-                problems.append(f"Step {number} (sql): connector: no active connector named '{data['connector']}'.")
+            allowed = Connector.objects.filter(is_active=True) if owner is ANY_OWNER else workflow_connectors(owner)
+            connector = allowed.filter(name=data["connector"]).first()
+            if connector is None:
+                # The same words whether it is missing, inactive or not granted: names are not confirmed.
+                problems.append(
+                    f"Step {number} (sql): connector: no active connector named '{data['connector']}' that this "
+                    "workflow may use."
+                )
             try:
-                check_read_query(data["query"])
+                check_read_query(data["query"], timeout_ms=connector.statement_timeout_ms if connector else None)
             except ConnectorError as exc:
                 problems.append(f"Step {number} (sql): query: {exc.message}")
         cleaned.append(data)

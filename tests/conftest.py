@@ -5,6 +5,7 @@ Tests run against real PostgreSQL (DATABASE_URL) and real Redis (REDIS_URL); `ma
 databases of their own.
 """
 
+import os
 import uuid
 
 import pytest
@@ -15,6 +16,15 @@ from chats.models import Chat, User
 from pipelines.models import ModelConfig, Workflow
 
 PASSWORD = "correct horse battery staple"
+
+# The demo database as `make` sets it (admin URL, and the demo connector's read-only role), for runs of pytest
+# without make; set here, before any live stack starts, so that its workers read the same.
+DEMO_DATABASE_URL = os.environ.setdefault(
+    "CHATSITE_DEMO_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatsite_demo"
+)
+DEMO_CONNECTOR_URL = os.environ.setdefault(
+    "CHATSITE_DEMO_CONNECTOR_URL", "postgres://chatsite_demo_reader@127.0.0.1:5432/chatsite_demo"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -223,19 +233,17 @@ def sql_analyst(db, monkeypatch):
     Recreated here because transactional tests empty the tables the data migration filled.
     """
     import importlib
-    import os
 
     from django.core.management import call_command
 
     from pipelines.models import Connector
 
     seed = importlib.import_module("pipelines.migrations.0004_sql_analyst")
-    monkeypatch.setenv(
-        "CHATSITE_DEMO_DATABASE_URL",
-        os.environ.get("CHATSITE_DEMO_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatsite_demo"),
-    )
+    monkeypatch.setenv("CHATSITE_DEMO_DATABASE_URL", DEMO_DATABASE_URL)
+    monkeypatch.setenv("CHATSITE_DEMO_CONNECTOR_URL", DEMO_CONNECTOR_URL)
     call_command("seed_demo_database")
-    Connector.objects.get_or_create(name="demo", defaults={"url_env": "CHATSITE_DEMO_DATABASE_URL"})
+    # As migration 0006 leaves it: read through the demo role, granted to no one in these tests.
+    Connector.objects.update_or_create(name="demo", defaults={"url_env": "CHATSITE_DEMO_CONNECTOR_URL"})
     workflow, _ = Workflow.objects.get_or_create(owner=None, name="SQL analyst", defaults={"steps": seed.STEPS})
     return workflow
 

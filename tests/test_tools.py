@@ -29,10 +29,15 @@ from tests.test_connectors import SAMPLE_ENV, sales_rows, sample_database
 CONTEXT = ToolContext(user_id="1", user_name="alice", message_id="00000000-0000-0000-0000-000000000001")
 
 
-def call(name: str, arguments: dict | str) -> dict:
+def call(name: str, arguments: dict | str, context: ToolContext = CONTEXT) -> dict:
     """run_tool with `arguments` as the model would send them (JSON text)."""
     text = arguments if isinstance(arguments, str) else json.dumps(arguments)
-    return run_tool(name, text, CONTEXT)
+    return run_tool(name, text, context)
+
+
+def context_of(user) -> ToolContext:
+    """The context of a reply that runs for `user`."""
+    return ToolContext(user_id=str(user.id), user_name=user.username, message_id=CONTEXT.message_id)
 
 
 # The registry
@@ -211,14 +216,23 @@ def sample_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def sample_connector(db, sample_url, monkeypatch) -> Connector:
+def sample_connector(alice, sample_url, monkeypatch) -> Connector:
+    """The sample database's connector, granted to alice (the tool's calls below run for her)."""
     monkeypatch.setenv(SAMPLE_ENV, sample_url)
-    return Connector.objects.create(name="sample", url_env=SAMPLE_ENV, statement_timeout_ms=2000, max_rows=50)
+    connector = Connector.objects.create(name="sample", url_env=SAMPLE_ENV, statement_timeout_ms=2000, max_rows=50)
+    connector.users.add(alice)
+    return connector
+
+
+def sql_call(arguments: dict) -> dict:
+    """The sql_query tool, called for alice."""
+    from chats.models import User
+
+    return call("sql_query", arguments, context_of(User.objects.get(username="alice")))
 
 
 def test_sql_query_runs_a_select_end_to_end(sample_connector):
-    outcome = call(
-        "sql_query",
+    outcome = sql_call(
         {
             "connector": "sample",
             "query": "SELECT region, SUM(amount) AS revenue FROM sales GROUP BY region ORDER BY revenue DESC",
@@ -239,28 +253,28 @@ def test_sql_query_reports_truncation(sample_connector):
     sample_connector.max_rows = 1
     sample_connector.save()
 
-    result = call("sql_query", {"connector": "sample", "query": "SELECT id FROM sales ORDER BY id"})["result"]
+    result = sql_call({"connector": "sample", "query": "SELECT id FROM sales ORDER BY id"})["result"]
     assert result["rows"] == [[1]]
     assert result["truncated"] is True
 
 
 def test_sql_query_refuses_a_write_and_changes_nothing(sample_connector, sample_url):
     before = sales_rows(sample_url)
-    outcome = call("sql_query", {"connector": "sample", "query": "DELETE FROM sales"})
+    outcome = sql_call({"connector": "sample", "query": "DELETE FROM sales"})
 
     assert "Only read queries" in outcome["error"]
     assert sales_rows(sample_url) == before
 
 
-def test_sql_query_reports_a_database_error(sample_connector):
-    outcome = call("sql_query", {"connector": "sample", "query": "SELECT nope FROM sales"})
-    assert 'column "nope" does not exist' in outcome["error"]
+def test_sql_query_reports_a_database_error_as_a_sentence(sample_connector):
+    outcome = sql_call({"connector": "sample", "query": "SELECT nope FROM sales"})
+    assert "a column that does not exist" in outcome["error"] and "nope" not in outcome["error"]
 
 
 def test_sql_query_with_an_unknown_connector_lists_the_available_ones(sample_connector):
-    outcome = call("sql_query", {"connector": "warehouse", "query": "SELECT 1"})
+    outcome = sql_call({"connector": "warehouse", "query": "SELECT 1"})
 
-    assert "no active connector named 'warehouse'" in outcome["error"]
+    assert "no active connector named 'warehouse' that you may use" in outcome["error"]
     assert "sample" in outcome["error"]
 
 
@@ -268,11 +282,11 @@ def test_sql_query_with_an_inactive_connector_is_refused(sample_connector):
     sample_connector.is_active = False
     sample_connector.save()
 
-    outcome = call("sql_query", {"connector": "sample", "query": "SELECT 1"})
+    outcome = sql_call({"connector": "sample", "query": "SELECT 1"})
     assert "no active connector named 'sample'" in outcome["error"]
 
 
 def test_sql_query_with_an_unconfigured_connector_says_so(sample_connector, monkeypatch):
     monkeypatch.delenv(SAMPLE_ENV)
-    outcome = call("sql_query", {"connector": "sample", "query": "SELECT 1"})
+    outcome = sql_call({"connector": "sample", "query": "SELECT 1"})
     assert SAMPLE_ENV in outcome["error"]

@@ -2,7 +2,6 @@
 real PostgreSQL and Redis; the demo sales database is real too."""
 
 import json
-import os
 
 import pytest
 from django.core.management import call_command
@@ -12,8 +11,7 @@ from chats.events import stream_key, sync_redis
 from chats.models import Message
 from pipelines.models import Connector, ModelConfig, Workflow
 from pipelines.runner import run_reply
-
-DEMO_URL = os.environ.get("CHATSITE_DEMO_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatsite_demo")
+from tests.conftest import DEMO_CONNECTOR_URL, DEMO_DATABASE_URL
 
 
 def events_of(message) -> list[dict]:
@@ -46,10 +44,14 @@ def rewriter(db) -> ModelConfig:
 
 
 @pytest.fixture
-def demo_connector(db, monkeypatch) -> Connector:
-    monkeypatch.setenv("CHATSITE_DEMO_DATABASE_URL", DEMO_URL)
+def demo_connector(alice, monkeypatch) -> Connector:
+    """The seeded demo connector (read through its own role), granted to alice."""
+    monkeypatch.setenv("CHATSITE_DEMO_DATABASE_URL", DEMO_DATABASE_URL)
+    monkeypatch.setenv("CHATSITE_DEMO_CONNECTOR_URL", DEMO_CONNECTOR_URL)
     call_command("seed_demo_database")
-    return Connector.objects.get(name="demo")
+    connector = Connector.objects.get(name="demo")
+    connector.users.add(alice)
+    return connector
 
 
 def prompt_sent(reply: Message) -> list[dict]:
@@ -165,7 +167,7 @@ def test_an_unreachable_connector_fails_the_step_and_the_reply_clearly(
     workflow = Workflow.objects.create(
         owner=alice, name="S", steps=[{"type": "sql", "connector": "demo", "query": "SELECT 1"}, {"type": "generate"}]
     )
-    monkeypatch.delenv("CHATSITE_DEMO_DATABASE_URL")
+    monkeypatch.delenv("CHATSITE_DEMO_CONNECTOR_URL")
     reply = reply_to(alice_chat, echo, workflow=workflow)
     evs = events_of(reply)
     assert [e["state"] for e in evs if e["type"] == "step"] == ["started", "failed"]

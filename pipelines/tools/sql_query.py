@@ -1,35 +1,53 @@
-"""The `sql_query` tool: one read-only SELECT on a connector's database (see pipelines.connectors)."""
+"""The `sql_query` tool: one read-only SELECT on a connector's database (see pipelines.connectors).
+
+The tool reaches only the connectors granted to the user the reply runs for (the chat's owner), whoever
+wrote the workflow that offers it: a shared workflow's tool is no wider than its user's grants.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
+
+from chats.models import User
+from pipelines.access import usable_connectors
 from pipelines.connectors import ConnectorError, run_read_query
-from pipelines.models import Connector
 from pipelines.tools import Tool, ToolContext, ToolError, register
 
 MAX_QUERY_LENGTH = 20000
 """Most characters in one query."""
 
 
+def _user(context: ToolContext) -> User | None:
+    try:
+        return User.objects.filter(id=context.user_id).first()
+    except (ValueError, ValidationError):
+        return None
+
+
 def _sql_query(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
-    """Run `arguments["query"]` on the active connector named `arguments["connector"]`.
+    """Run `arguments["query"]` on the connector named `arguments["connector"]`, if the reply's user may use it.
 
     Returns:
         dict: run_read_query's `{"columns", "rows", "rowCount", "truncated"}`.
 
     Raises:
-        ToolError: the connector is unknown or inactive (the message lists the active ones), or the query
-            was rejected, timed out, failed, or the database is unavailable (ConnectorError's message).
+        ToolError: no connector of that name is usable by the user (missing, inactive and not granted read
+            the same; the message lists only the user's own connectors), or the query was rejected, timed
+            out, failed, or the database is unavailable or misconfigured (ConnectorError's message).
     """
     name = arguments["connector"]
-    connector = Connector.objects.filter(name=name, is_active=True).first()
+    usable = usable_connectors(_user(context))
+    connector = usable.filter(name=name).first()
     if connector is None:
-        available = list(Connector.objects.filter(is_active=True).values_list("name", flat=True))
+        available = sorted(set(usable.values_list("name", flat=True)))
         listed = ", ".join(available) if available else "none"
-        raise ToolError(f"There is no active connector named {name!r}. Available connectors: {listed}.")
+        raise ToolError(
+            f"There is no active connector named {name!r} that you may use. Available connectors: {listed}."
+        )
     try:
-        return run_read_query(connector, arguments["query"])
+        return run_read_query(connector, arguments["query"], message_id=context.message_id)
     except ConnectorError as exc:
         raise ToolError(exc.message) from exc
 
