@@ -57,9 +57,10 @@ register(
         name="sql_query",
         description=(
             "Run one read-only SQL query (PostgreSQL dialect: a single SELECT, or WITH ... SELECT) on a named "
-            "database connector and get back its columns and rows. Writes, DDL and multiple statements are "
-            "refused; long queries are stopped, and only the first rows are returned (`truncated` says when "
-            "there were more), so aggregate or use LIMIT where you can."
+            "database connector the user has been granted, and get back its columns and rows. Writes, DDL, "
+            "multiple statements, server functions and server catalogs are refused; long queries are stopped, "
+            "and only the first rows are returned (`truncated` says when there were more), so aggregate or use "
+            "LIMIT where you can."
         ),
         parameters={
             "type": "object",
