@@ -271,6 +271,29 @@ def test_check_read_query_accepts_select_forms():
     assert check_read_query("select 1; -- done") == "select 1; -- done"
     check_read_query("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT n FROM r")
     check_read_query("SELECT product FROM sales WHERE product = %(text)s AND note LIKE 'a;b'")
+    # What an analyst writes passes the parser: its refusals are aimed, not broad.
+    for query in [
+        "SELECT date_trunc('month', sold_on) AS m, SUM(amount) FROM sales GROUP BY 1 ORDER BY 1 NULLS LAST",
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM sales",
+        "SELECT region, string_agg(DISTINCT product, ', ' ORDER BY product) FROM sales GROUP BY region",
+        "SELECT * FROM sales WHERE sold_on > now() - INTERVAL '1 month' ORDER BY amount DESC FETCH FIRST 5 ROWS ONLY",
+        "SELECT DISTINCT ON (region) region, rank() OVER (PARTITION BY region ORDER BY amount DESC) FROM sales",
+        "SELECT s.*, g FROM sales s CROSS JOIN LATERAL generate_series(1, 2) g WHERE product ~* 'te'",
+        "SELECT count(*) FILTER (WHERE amount > 5), amount::numeric(10, 2) FROM sales GROUP BY 2",
+        "SELECT product FROM sales EXCEPT SELECT product FROM sales WHERE region = 'North'",
+        "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public'",
+        "SELECT relname FROM pg_class WHERE relkind = 'r'",
+        "SELECT 'pg_read_file(1) from pg_shadow' AS just_text",
+    ]:
+        check_read_query(query)
+
+
+def test_text_the_parser_cannot_read_is_refused_with_a_sentence():
+    for query in ("SELECT FROM WHERE )(", "SELECT " + "(" * 200 + "1" + ")" * 200, "SELECT `x`"):
+        with pytest.raises(ConnectorError) as caught:
+            check_read_query(query)
+        assert caught.value.code == "sql_rejected"
+        assert "could not be read as PostgreSQL" in caught.value.message or "too deeply nested" in caught.value.message
 
 
 def test_read_only_transaction_refuses_a_write_hidden_in_a_function(connector, sample_url):
