@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.conf import settings
 from rest_framework import serializers
 
 from chats.fields import StrictCharField, StrictModelSerializer, StrictSlugRelatedField, StrictUUIDField
+from chats.parsers import JSONTooDeep, loads_json
 from knowledge.extract import kind_of
 from knowledge.models import Collection, Document, EmbeddingModel
 from pipelines.steps import MetadataFiltersField
@@ -111,8 +111,10 @@ class MetadataJSONField(MetadataFiltersField):
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if isinstance(data, str):
             try:
-                data = json.loads(data) if data.strip() else {}
-            except json.JSONDecodeError:
+                data = loads_json(data) if data.strip() else {}
+            except JSONTooDeep as exc:
+                raise serializers.ValidationError(str(exc)) from None
+            except ValueError:
                 raise serializers.ValidationError('Give a JSON object, such as {"team": "sales"}.') from None
         return super().to_internal_value(data)
 
