@@ -19,6 +19,8 @@ from chats import actions
 from chats.access import access_api_key, access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
+from chats.exceptions import InvalidLastEventId
+from chats.fields import StrictCharField
 from chats.limits import check_send_limits
 from chats.models import ApiKey, Chat, Message
 from chats.serializers import (
@@ -183,12 +185,25 @@ def idempotency_key(request: Request) -> str:
     return key
 
 
+def requested_last_event_id(request: Request) -> str | None:
+    """The id a client resumes after: the `Last-Event-ID` header, else the `lastEventId` query parameter.
+
+    Spaces and tabs around it are dropped (HTTP's optional whitespace); empty means none (as an EventSource
+    with no id yet sends nothing). The id itself is checked by `chats.streaming.reply_stream_response`.
+    """
+    for value in (request.headers.get("Last-Event-ID"), request.query_params.get("lastEventId")):
+        value = (value or "").strip(" \t")
+        if value:
+            return value
+    return None
+
+
 def stream_reply(message: Message, last_id: str | None = None) -> StreamingHttpResponse:
-    """`reply_stream_response`, with a bad Last-Event-ID turned into a 400."""
+    """`reply_stream_response`, with a bad Last-Event-ID turned into a 400 `invalid_last_event_id`."""
     try:
         return reply_stream_response(message, last_id)
     except LastEventIdError as exc:
-        raise ValidationError({"lastEventId": [str(exc)]}) from exc
+        raise InvalidLastEventId(str(exc)) from exc
 
 
 def usable_chat_workflow(chat: Chat) -> Workflow | None:
@@ -252,7 +267,8 @@ class MessageStreamResumeView(APIView):
 
     Replays every event after `Last-Event-ID` (header, or `lastEventId` query parameter; none: from the
     start), then follows the reply live until its terminal event. A reply whose stream has expired is
-    answered from the database. 400 when the id is malformed or outside the stream.
+    answered from the database. 400 `invalid_last_event_id` when the id is not `<ms>-<seq>` (two whole
+    numbers up to 2**64 - 1), is beyond the reply's last event, or belongs to a stream that has expired.
     """
 
     @extend_schema(
@@ -266,8 +282,7 @@ class MessageStreamResumeView(APIView):
         _, message = access_message(request.user, chat_id, message_id)
         if message.role != Message.Role.ASSISTANT:
             raise ValidationError({"messageId": ["Only assistant replies have an event stream."]})
-        last_id = request.headers.get("Last-Event-ID") or request.query_params.get("lastEventId") or None
-        return stream_reply(message, last_id)
+        return stream_reply(message, requested_last_event_id(request))
 
 
 class CancelReplyView(AsyncAPIView):
@@ -287,7 +302,7 @@ class CancelReplyView(AsyncAPIView):
 class RegenerateSerializer(serializers.Serializer):
     """Optional overrides for a regenerated reply (defaults: those of the reply or question given)."""
 
-    modelId = serializers.CharField(max_length=100, required=False)
+    modelId = StrictCharField(max_length=100, required=False)
     workflowId = WorkflowField(required=False, allow_null=True)
 
     def validate_modelId(self, value: str) -> ModelConfig:

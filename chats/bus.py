@@ -13,6 +13,7 @@ Entry ids are `"<ms>-<seq>"` strings, increasing within a stream, as in Redis. E
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -23,16 +24,30 @@ import redis
 Entry = tuple[str, dict[str, str]]
 
 
+# The largest value of either part of a Redis stream entry id (each is an unsigned 64-bit integer).
+MAX_ID_PART = 2**64 - 1
+# Both parts in canonical decimal: ASCII digits, no sign, no leading zero, no space, at most 20 digits. A bare
+# `<ms>` (which Redis reads as `<ms>-0` or `<ms>-<max>` depending on the command) and the special ids (`-`, `+`,
+# `$`, `>`) are refused: chatsite only ever sends full ids, so anything else did not come from it.
+_ENTRY_ID = re.compile(r"(0|[1-9][0-9]{0,19})-(0|[1-9][0-9]{0,19})", re.ASCII)
+
+
 def parse_entry_id(entry_id: str) -> tuple[int, int]:
     """`"<ms>-<seq>"` -> `(ms, seq)`, for comparing stream entry ids.
 
+    Both parts are canonical decimal numbers (ASCII digits, no sign or leading zero) of at most `MAX_ID_PART`,
+    as Redis Streams allow (https://redis.io/docs/latest/develop/data-types/streams/#entry-ids).
+
     Raises:
-        ValueError: when `entry_id` is not of that form.
+        ValueError: when `entry_id` is not of that form, or a part is above `MAX_ID_PART`.
     """
-    ms, sep, seq = entry_id.partition("-")
-    if not (sep and ms.isdigit() and seq.isdigit()):
+    found = _ENTRY_ID.fullmatch(entry_id) if isinstance(entry_id, str) else None
+    if found is None:
         raise ValueError(f"not a stream entry id: {entry_id!r}")
-    return int(ms), int(seq)
+    ms, seq = int(found[1]), int(found[2])
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        raise ValueError(f"stream entry id out of range: {entry_id!r}")
+    return ms, seq
 
 
 class EventBus(ABC):
@@ -236,7 +251,7 @@ class MemoryBus(EventBus):
 
     def entries(self, stream, start="-", end="+"):
         low = (0, 0) if start == "-" else parse_entry_id(start)
-        high = (2**63, 2**63) if end == "+" else parse_entry_id(end)
+        high = (MAX_ID_PART, MAX_ID_PART) if end == "+" else parse_entry_id(end)
         with self._lock:
             target = self._stream(stream)
             if target is None:

@@ -418,7 +418,8 @@ class _Subscriber:
             self.event.set()
 
     def fail(self, error: BaseException) -> None:
-        """Make the next `get()` raise (a `redis.ConnectionError` caused by `error`)."""
+        """Make the next `get()` raise: a `redis.ResponseError` when Redis refused this reader's own command
+        (`error` is one), else a `redis.ConnectionError`, each caused by `error`."""
         self.error = error
         self.event.set()
 
@@ -426,7 +427,8 @@ class _Subscriber:
         """The entries that arrived since the last call, waiting up to `timeout` seconds (maybe none).
 
         Raises:
-            redis.RedisError: the multiplexed reader lost Redis.
+            redis.ResponseError: Redis refused to read this reader's stream (reading again cannot help).
+            redis.ConnectionError: the multiplexed reader lost Redis (reading again later may work).
         """
         if not self.entries and self.error is None:
             with contextlib.suppress(TimeoutError):
@@ -434,6 +436,8 @@ class _Subscriber:
         self.event.clear()
         if self.error is not None:
             # A new exception for each reader: one object raised in many tasks would pile up their tracebacks.
+            if isinstance(self.error, redis.ResponseError):
+                raise redis.ResponseError(f"Redis refused to read {self.key}: {self.error}") from self.error
             raise redis.ConnectionError(f"the stream reader lost Redis: {self.error}") from self.error
         found, self.entries = self.entries, []
         return found
@@ -482,6 +486,9 @@ class StreamMux:
         self._sender: asyncio.Task | None = None
         self._backlog: dict[_Subscriber, None] = {}  # readers whose backlog is to be read, in arrival order
         self._fetcher: asyncio.Task | None = None
+        # Since when Redis has been lost (monotonic seconds), or None: an outage is logged when it starts and
+        # when it ends, not at each of the readers' attempts in between.
+        self._lost_since: float | None = None
 
     def subscribe(self, key: str, after: str) -> _Subscriber:
         """Follow `key` from after the entry id `after`; call `unsubscribe` when done."""
@@ -572,6 +579,9 @@ class StreamMux:
             self._lost(pubsub, exc)
 
     def _subscribed(self, channel: str) -> None:
+        if self._lost_since is not None:
+            logger.info("stream reader has Redis back after %.1f s", time.monotonic() - self._lost_since)
+            self._lost_since = None
         if self._channels.get(channel) != "subscribing":
             return
         if channel in self._subs:
@@ -595,7 +605,9 @@ class StreamMux:
     def _lost(self, pubsub, exc: BaseException) -> None:
         if pubsub is not self._pubsub:
             return
-        logger.warning("stream reader lost Redis: %s", exc)
+        if self._lost_since is None:
+            self._lost_since = time.monotonic()
+            logger.warning("stream reader lost Redis: %s", exc)
         for subs in self._subs.values():
             for sub in subs:
                 sub.fail(exc)
@@ -622,14 +634,20 @@ class StreamMux:
                 pipe = client.pipeline(transaction=False)
                 for sub in batch:
                     pipe.xrange(sub.key, min=f"({sub.after}", count=self.count)
-                results = await pipe.execute()
+                # Each reader gets its own command's answer or error: one reader's refused XRANGE (a bad id, a
+                # key of the wrong type) must not fail the others batched with it.
+                results = await pipe.execute(raise_on_error=False)
             except (redis.RedisError, OSError) as exc:
+                # The connection itself failed: no reader got an answer.
                 for sub in batch:
                     sub.fail(exc)
                 continue
             for sub, found in zip(batch, results, strict=True):
                 if sub not in self._subs.get(sub.key, ()):
                     continue  # it left meanwhile
+                if isinstance(found, Exception):
+                    sub.fail(found)
+                    continue
                 sub.push(found)
                 if len(found) >= self.count:
                     self._backlog[sub] = None  # more to read

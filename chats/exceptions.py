@@ -54,3 +54,18 @@ class RequestTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "request_too_large"
     default_detail = "The request body is too large."
+
+
+class InvalidLastEventId(exceptions.APIException):
+    """400 `invalid_last_event_id`: a resume's Last-Event-ID is malformed, out of range or outside the stream.
+
+    `fields.lastEventId` repeats the message, as for other invalid request fields.
+    """
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid_last_event_id"
+    default_detail = "The Last-Event-ID is not an event of this reply."
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.extra = {"fields": {"lastEventId": [detail]}}

@@ -7,16 +7,17 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from chats.fields import StrictCharField, StrictModelSerializer, StrictUUIDField
 from chats.models import ApiKey, Chat, Message, User
 from pipelines.access import usable_models, usable_workflows
 from pipelines.models import ModelConfig, Workflow
 
 
-class UserSerializer(serializers.ModelSerializer):
+class UserSerializer(StrictModelSerializer):
     """The current user; `id` is the `userId` clients send."""
 
     isStaff = serializers.BooleanField(source="is_staff", read_only=True)
-    email = serializers.CharField(read_only=True, help_text="May be empty.")
+    email = StrictCharField(read_only=True, help_text="May be empty.")
 
     class Meta:
         model = User
@@ -25,15 +26,15 @@ class UserSerializer(serializers.ModelSerializer):
 
 
 class LoginSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
-    password = serializers.CharField(max_length=1024, trim_whitespace=False, style={"input_type": "password"})
+    username = StrictCharField(max_length=150)
+    password = StrictCharField(max_length=1024, trim_whitespace=False, style={"input_type": "password"})
 
 
-class ModelSerializer(serializers.ModelSerializer):
+class ModelSerializer(StrictModelSerializer):
     """A model users can pick; `id` is the `modelId` to send."""
 
-    id = serializers.CharField(source="model_id")
-    name = serializers.CharField(source="display_name")
+    id = StrictCharField(source="model_id")
+    name = StrictCharField(source="display_name")
     contextWindow = serializers.IntegerField(source="context_window")
     defaultMaxTokens = serializers.IntegerField(source="default_max_tokens")
 
@@ -77,10 +78,10 @@ def validate_model_id(value: str) -> ModelConfig:
     return model
 
 
-class ChatSerializer(serializers.ModelSerializer):
+class ChatSerializer(StrictModelSerializer):
     """A chat as the API shows it; `title`, `modelId` and `workflowId` are writable."""
 
-    modelId = serializers.CharField(source="model_id", required=False, allow_blank=True, max_length=100)
+    modelId = StrictCharField(source="model_id", required=False, allow_blank=True, max_length=100)
     workflowId = WorkflowField(source="workflow", required=False, allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
     updatedAt = serializers.DateTimeField(source="updated_at", read_only=True)
@@ -97,14 +98,14 @@ class ChatSerializer(serializers.ModelSerializer):
         return value
 
 
-class MessageSerializer(serializers.ModelSerializer):
+class MessageSerializer(StrictModelSerializer):
     """A message with its status, usage, tool calls and sources."""
 
-    chatId = serializers.UUIDField(source="chat_id", read_only=True)
-    modelId = serializers.CharField(source="model_id", read_only=True)
-    workflowId = serializers.UUIDField(source="workflow_id", read_only=True)
-    parentId = serializers.UUIDField(source="parent_id", read_only=True)
-    finishReason = serializers.CharField(source="finish_reason", read_only=True)
+    chatId = StrictUUIDField(source="chat_id", read_only=True)
+    modelId = StrictCharField(source="model_id", read_only=True)
+    workflowId = StrictUUIDField(source="workflow_id", read_only=True)
+    parentId = StrictUUIDField(source="parent_id", read_only=True)
+    finishReason = StrictCharField(source="finish_reason", read_only=True)
     usage = serializers.DictField(read_only=True, allow_null=True)
     toolCalls = serializers.JSONField(source="tool_calls", read_only=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
@@ -136,12 +137,12 @@ class MessageSerializer(serializers.ModelSerializer):
 class SendMessageSerializer(serializers.Serializer):
     """The body of `POST /api/chats/<chatId>/messages/stream` (seed 004)."""
 
-    content = serializers.CharField(trim_whitespace=False, max_length=settings.CHATSITE_MAX_MESSAGE_CHARS)
-    modelId = serializers.CharField(max_length=100)
-    userId = serializers.CharField(max_length=100)
+    content = StrictCharField(trim_whitespace=False, max_length=settings.CHATSITE_MAX_MESSAGE_CHARS)
+    modelId = StrictCharField(max_length=100)
+    userId = StrictCharField(max_length=100)
     workflowId = WorkflowField(required=False, allow_null=True)
     attachments = serializers.ListField(
-        child=serializers.UUIDField(),
+        child=StrictUUIDField(),
         required=False,
         default=list,
         max_length=settings.CHATSITE_MAX_ATTACHMENTS,
@@ -179,7 +180,7 @@ class SendMessageSerializer(serializers.Serializer):
         return self.validated_data.get("workflowId")
 
 
-class ApiKeySerializer(serializers.ModelSerializer):
+class ApiKeySerializer(StrictModelSerializer):
     """An API key as listed: never the key itself (only its first characters, `prefix`)."""
 
     readOnly = serializers.BooleanField(source="read_only", required=False, default=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from django.db import connection
 from django.http import StreamingHttpResponse
 
 from chats import events
+from chats.bus import MAX_ID_PART
 from chats.events import parse_entry_id, read_event_batches
 from chats.models import Message
 
@@ -67,9 +69,13 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
 
     Starts with a `: connected` comment. Sends `: ping` whenever `CHATSITE_SSE_PING_SECONDS` pass with no
     event, and then, unless a worker's heartbeat shows the reply is being generated, ends with the saved
-    terminal event if the reply ended in the database but its stream never got one. If Redis goes away, it reconnects
-    and carries on from the last event it relayed; when it has not got Redis back within `RECONNECT_SECONDS` it
-    sends an `error` event (`stream_unavailable`, retryable, no `id:`) and ends, so the client can resume later.
+    terminal event if the reply ended in the database but its stream never got one. If Redis goes away, it
+    reconnects and carries on from the last event it relayed; when it has not got Redis back within
+    `RECONNECT_SECONDS` it sends an `error` event (`stream_unavailable`, retryable, no `id:`) and ends, so the
+    client can resume later. If Redis refuses to read the stream (a command error, which reading again cannot
+    cure) it sends an `error` event (`stream_read_failed`, not retryable) and ends at once. Each outage is
+    logged once when it starts and once when it ends, not at every attempt. When the client leaves, the
+    server cancels this generator (Django's ASGI handler, on `http.disconnect`): no attempt follows.
     """
     yield CONNECTED
     failures = 0
@@ -77,7 +83,9 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
     while True:
         try:
             async for batch in read_event_batches(message_id, last_id):
-                failures = 0
+                if failures:
+                    logger.info("relay of %s has Redis back after %d attempts", message_id, failures)
+                    failures = 0
                 if not batch:
                     yield PING
                     if await events.heartbeat_alive_async(message_id):
@@ -94,12 +102,22 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                 yield b"".join(format_sse(entry_id, data) for entry_id, _, data in batch)
                 if batch[-1][1] in events.TERMINAL_TYPES:
                     return
+        except redis.ResponseError as exc:
+            logger.warning("relay of %s: Redis refused to read the stream after %s: %s", message_id, last_id, exc)
+            error = events.error_event(
+                code="stream_read_failed",
+                message="This reply's event stream could not be read. Reload the chat to see the reply.",
+                retryable=False,
+            )
+            yield f"data: {events.encode(error)}\n\n".encode()
+            return
         except redis.RedisError as exc:
             failures += 1
             if failures == 1:
                 lost_at = time.monotonic()
-            logger.warning("relay of %s lost Redis (%s), attempt %d", message_id, exc, failures)
+                logger.warning("relay of %s lost Redis (%s); retrying for %.0f s", message_id, exc, RECONNECT_SECONDS)
             if time.monotonic() - lost_at > RECONNECT_SECONDS:
+                logger.warning("relay of %s gave up after %d attempts: %s", message_id, failures, exc)
                 error = events.error_event(
                     code="stream_unavailable",
                     message="The event stream is unavailable right now. Resume it in a moment.",
@@ -158,42 +176,77 @@ def replay_from_database(message: Message) -> list[tuple[str, events.Event]]:
     return replay
 
 
+# An id in the right form whose parts may be too large (then it is out of range rather than malformed).
+_CANONICAL_ID = re.compile(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)", re.ASCII)
+
+
 class LastEventIdError(ValueError):
-    """The client's Last-Event-ID is malformed or outside the reply's stream."""
+    """The client's Last-Event-ID is malformed, out of range, or outside the reply's stream (the message says
+    which, in a sentence for the client)."""
+
+
+def parse_last_event_id(value: str) -> tuple[int, int]:
+    """A client's Last-Event-ID -> `(ms, seq)`, checked against Redis's limits (see `chats.bus.parse_entry_id`).
+
+    Raises:
+        LastEventIdError: `value` is not `<ms>-<seq>` in canonical decimal, or a part is above 2**64 - 1.
+    """
+    try:
+        return parse_entry_id(value)
+    except ValueError:
+        pass
+    shown = value if len(value) <= 40 else f"{value[:40]}..."
+    if _CANONICAL_ID.fullmatch(value):
+        raise LastEventIdError(
+            f"Last-Event-ID {shown!r} is out of range: each part of an event id is a whole number from 0 to "
+            f"{MAX_ID_PART}, without leading zeros."
+        )
+    raise LastEventIdError(
+        f"Last-Event-ID {shown!r} is not an event id: send the `id` of the last event you received (<ms>-<seq>)."
+    )
 
 
 def reply_stream_response(message: Message, last_id: str | None = None) -> StreamingHttpResponse:
     """Stream a reply to a client from after `last_id` (None: from the start), live or from the database.
 
     Raises:
-        LastEventIdError: `last_id` is not `<ms>-<seq>`, is ahead of the stream's last entry, or points into
-            a stream that has expired.
+        LastEventIdError: `last_id` is not `<ms>-<seq>` within Redis's limits, is beyond the stream's last
+            entry (or the saved reply's last event, once its stream has expired), or points into a stream
+            that has expired.
     """
-    if last_id is not None:
-        try:
-            wanted = parse_entry_id(last_id)
-        except ValueError:
-            raise LastEventIdError(f"Last-Event-ID {last_id!r} is not a stream entry id (<ms>-<seq>).") from None
-    if last_id is None and message.status not in Message.TERMINAL_STATUSES:
+    wanted = parse_last_event_id(last_id) if last_id is not None else None
+    if wanted is None and message.status not in Message.TERMINAL_STATUSES:
         # A reply in progress, followed from its start: nothing to check against the stream.
         return event_stream_response(str(message.id))
     newest = events.bus().newest(events.stream_key(str(message.id)))
     if newest:
-        if last_id is not None and wanted > parse_entry_id(newest[0]):
-            raise LastEventIdError(f"Last-Event-ID {last_id} is ahead of this reply's stream.")
+        if wanted is not None and wanted > parse_entry_id(newest[0]):
+            raise LastEventIdError(
+                f"Last-Event-ID {last_id} is beyond this reply's last event ({newest[0]}). "
+                "Resume with the id of an event you received, or without one to start again."
+            )
         return event_stream_response(str(message.id), last_id or "0-0")
     if message.status not in Message.TERMINAL_STATUSES:
-        # Nothing published yet (or Redis lost the stream): follow it as it comes.
-        return event_stream_response(str(message.id), last_id or "0-0")
+        # Nothing published yet (or Redis lost the stream): follow it as it comes, from its start.
+        if wanted not in (None, (0, 0)):
+            raise LastEventIdError(
+                f"Last-Event-ID {last_id} is beyond this reply's events: it has none yet. Resume without it."
+            )
+        return event_stream_response(str(message.id))
     replay = replay_from_database(message)
-    if last_id is not None and wanted[0] != 0:
+    if wanted is not None and wanted[0] != 0:
         raise LastEventIdError(
             f"Last-Event-ID {last_id} is from a live stream that has expired. Fetch the reply again without it."
+        )
+    if wanted is not None and wanted > parse_entry_id(replay[-1][0]):
+        raise LastEventIdError(
+            f"Last-Event-ID {last_id} is beyond this reply's last event ({replay[-1][0]}). "
+            "Fetch the reply again without it."
         )
     chunks = [
         format_sse(entry_id, events.encode(event))
         for entry_id, event in replay
-        if last_id is None or parse_entry_id(entry_id) > wanted
+        if wanted is None or parse_entry_id(entry_id) > wanted
     ]
     return _sse_response(_iterate(chunks))
 

@@ -29,6 +29,8 @@ def chat_page(request: HttpRequest, chat_id: str | None = None) -> HttpResponse:
         "username": request.user.username,
         "chatId": chat_id,
         "maxMessageChars": settings.CHATSITE_MAX_MESSAGE_CHARS,
+        # Hosts whose images replies may show (the renderer shows others as links).
+        "imageHosts": settings.CHATSITE_IMAGE_HOSTS,
     }
     return render(request, "chats/app.html", {"boot": boot})
 

@@ -65,6 +65,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, before anything reads a body: a chunked body (no Content-Length) gets its length, so it is read.
+    "chats.middleware.BodyLengthMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -356,13 +358,49 @@ CACHES = {
 # authenticated request costs no session query while the cache holds it, and nothing is lost if it is flushed.
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
+
+def _image_hosts(entries: list[str]) -> list[str]:
+    """`CHATSITE_IMAGE_HOSTS` entries -> normalised hosts (`host`, `host:port` or `*.domain`, lower case).
+
+    Each entry is a host name, optionally after `https://` and with a port; `*.domain` allows every subdomain.
+    Anything else (a path, a quote, a space, a `;`...) could change the CSP it is copied into, so it stops the
+    start with ImproperlyConfigured.
+    """
+    import re
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    label = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+    pattern = re.compile(rf"(\*\.)?{label}(\.{label})*(:[0-9]{{1,5}})?", re.ASCII)
+    hosts = []
+    for entry in entries:
+        host = entry.strip().lower().removeprefix("https://").removesuffix("/")
+        if not host:
+            continue
+        found = pattern.fullmatch(host)
+        port = found[3] if found else None
+        if not found or (host.startswith("*.") and "." not in host[2:]) or (port and not 0 < int(port[1:]) < 65536):
+            raise ImproperlyConfigured(
+                f"CHATSITE_IMAGE_HOSTS: {entry!r} is not a host name (like images.example.com, "
+                "https://images.example.com, images.example.com:8443 or *.example.com)."
+            )
+        hosts.append(host)
+    return hosts
+
+
+# Hosts whose images replies may show (HTTPS only). Rendered Markdown shows any other remote image as a link,
+# and the CSP below stops the browser from loading it: an image URL written by a prompt-injected reply would
+# otherwise send the conversation to its host when the page loads it.
+CHATSITE_IMAGE_HOSTS = _image_hosts(env.list("CHATSITE_IMAGE_HOSTS", default=[]))
+
 # Content Security Policy for the pages (django-csp): our own scripts and styles only, no inline script.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
         "style-src": ["'self'"],
-        "img-src": ["'self'", "data:", "https:"],
+        # Images: ours, inline ones (data:, blob:) and the CHATSITE_IMAGE_HOSTS; no other site.
+        "img-src": ["'self'", "data:", "blob:", *(f"https://{host}" for host in CHATSITE_IMAGE_HOSTS)],
         "connect-src": ["'self'"],
         "object-src": ["'none'"],
         "base-uri": ["'self'"],

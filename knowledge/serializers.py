@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.conf import settings
 from rest_framework import serializers
 
+from chats.fields import StrictCharField, StrictModelSerializer, StrictSlugRelatedField, StrictUUIDField
+from chats.parsers import JSONTooDeep, loads_json
 from knowledge.extract import kind_of
 from knowledge.models import Collection, Document, EmbeddingModel
 from pipelines.steps import MetadataFiltersField
 
 
-class EmbeddingModelSerializer(serializers.ModelSerializer):
+class EmbeddingModelSerializer(StrictModelSerializer):
     """An embedding model collections may use."""
 
-    displayName = serializers.CharField(source="display_name", read_only=True)
+    displayName = StrictCharField(source="display_name", read_only=True)
 
     class Meta:
         model = EmbeddingModel
@@ -24,10 +25,10 @@ class EmbeddingModelSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class CollectionSerializer(serializers.ModelSerializer):
+class CollectionSerializer(StrictModelSerializer):
     """A collection: `shared` ones (no owner) are searchable by everyone and managed by staff."""
 
-    embeddingModel = serializers.SlugRelatedField(
+    embeddingModel = StrictSlugRelatedField(
         source="embedding_model",
         slug_field="name",
         queryset=EmbeddingModel.objects.filter(is_active=True),
@@ -79,11 +80,11 @@ class CollectionSerializer(serializers.ModelSerializer):
         return data
 
 
-class DocumentSerializer(serializers.ModelSerializer):
+class DocumentSerializer(StrictModelSerializer):
     """A document as listed: never its bytes or text (GET .../file and .../chunks give those)."""
 
-    collectionId = serializers.UUIDField(source="collection_id", read_only=True)
-    collectionName = serializers.CharField(source="collection.name", read_only=True)
+    collectionId = StrictUUIDField(source="collection_id", read_only=True)
+    collectionName = StrictCharField(source="collection.name", read_only=True)
     collectionShared = serializers.BooleanField(source="collection.is_shared", read_only=True)
     sizeBytes = serializers.IntegerField(source="size_bytes", read_only=True)
     pageCount = serializers.IntegerField(source="page_count", read_only=True)
@@ -110,8 +111,10 @@ class MetadataJSONField(MetadataFiltersField):
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if isinstance(data, str):
             try:
-                data = json.loads(data) if data.strip() else {}
-            except json.JSONDecodeError:
+                data = loads_json(data) if data.strip() else {}
+            except JSONTooDeep as exc:
+                raise serializers.ValidationError(str(exc)) from None
+            except ValueError:
                 raise serializers.ValidationError('Give a JSON object, such as {"team": "sales"}.') from None
         return super().to_internal_value(data)
 
@@ -120,7 +123,7 @@ class UploadSerializer(serializers.Serializer):
     """The multipart body of `POST /api/collections/<id>/documents`: `file`, optional `title` and `metadata`."""
 
     file = serializers.FileField(allow_empty_file=False)
-    title = serializers.CharField(max_length=300, required=False, allow_blank=True)
+    title = StrictCharField(max_length=300, required=False, allow_blank=True)
     metadata = MetadataJSONField(required=False, default=dict)
 
     def validate_file(self, upload: Any) -> Any:
@@ -136,7 +139,7 @@ class ChunkSerializer(serializers.Serializer):
 
     id = serializers.IntegerField()
     index = serializers.IntegerField()
-    text = serializers.CharField()
+    text = StrictCharField()
     page = serializers.IntegerField(allow_null=True)
     start = serializers.IntegerField()
     end = serializers.IntegerField()

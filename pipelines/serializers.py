@@ -3,6 +3,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from chats.fields import StrictCharField, StrictModelSerializer, StrictSlugRelatedField
 from pipelines.access import usable_models
 from pipelines.models import ModelConfig, Workflow
 from pipelines.steps import validate_steps
@@ -13,7 +14,7 @@ class StepsField(serializers.JSONField):
     """A workflow's steps: any JSON here; `validate_steps` checks the shape and explains what is wrong."""
 
 
-class ModelIdField(serializers.SlugRelatedField):
+class ModelIdField(StrictSlugRelatedField):
     """A modelId, or null; an empty string is refused (DRF would quietly turn it into null)."""
 
     def run_validation(self, data=serializers.empty):
@@ -25,10 +26,10 @@ class ModelIdField(serializers.SlugRelatedField):
         return super().run_validation(data)
 
 
-class WorkflowSerializer(serializers.ModelSerializer):
+class WorkflowSerializer(StrictModelSerializer):
     """A workflow: `shared` ones (no owner) are visible to everyone and managed by staff."""
 
-    systemPrompt = serializers.CharField(source="system_prompt", required=False, allow_blank=True, max_length=20000)
+    systemPrompt = StrictCharField(source="system_prompt", required=False, allow_blank=True, max_length=20000)
     modelId = ModelIdField(
         source="model", slug_field="model_id", queryset=ModelConfig.objects.none(), required=False, allow_null=True
     )

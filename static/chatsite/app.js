@@ -3,9 +3,10 @@
 // the network is resumed from its last event id.
 import { api, listAll, request } from "./api.js";
 import { readEvents } from "./sse.js";
-import { renderMarkdown } from "./markdown.js";
+import { allowImageHosts, renderMarkdown } from "./markdown.js";
 
 const boot = JSON.parse(document.getElementById("boot").textContent);
+allowImageHosts(boot.imageHosts);
 const $ = (id) => document.getElementById(id);
 const ui = {
   app: $("app"),
