@@ -27,6 +27,7 @@ urlpatterns = [
     path("documents/<str:document_id>", knowledge_views.document_page, name="document-page"),
     path("admin/", admin.site.urls),
     path("api/", include("chats.urls")),
+    path("v1/", include("protocols.urls")),
 ]
 
 handler404 = "chats.api_errors.json_not_found"

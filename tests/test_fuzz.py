@@ -20,6 +20,7 @@ EXCLUDED = [
     "/api/chats/{chat_id}/messages/stream",
     "/api/chats/{chat_id}/messages/{message_id}/stream",
     "/api/chats/{chat_id}/messages/{message_id}/regenerate",
+    "/v1/chat/completions",
     "/api/auth/logout",
     "/api/schema/docs",
 ]

@@ -66,6 +66,10 @@ MATRIX = {
     "api/documents/<str:document_id>/file": {"GET": (200, 403, 403, 401)},
     "api/schema": {"GET": (200, 200, 200, 200)},
     "api/schema/docs": {"GET": (200, 200, 200, 200)},
+    # The OpenAI-compatible API: a workflow the caller may not use is a model that does not exist for them.
+    "v1/models": {"GET": (200, 200, 200, 401)},
+    "v1/models/<path:model>": {"GET": (200, 404, 404, 401)},  # alice's workflow, as workflow/wf
+    "v1/chat/completions": {"POST": (400, 400, 400, 401)},  # an empty body
 }
 BODIES = {
     ("api/chats", "POST"): {"title": "new"},
@@ -83,7 +87,7 @@ FORMATS = {("api/collections/<str:collection_id>/documents", "POST"): "multipart
 
 
 def api_routes() -> dict[str, set[str]]:
-    """Every route under api/ in the URL configuration, with the HTTP methods its view answers."""
+    """Every route under api/ and v1/ in the URL configuration, with the HTTP methods its view answers."""
 
     def walk(patterns, prefix=""):
         for pattern in patterns:
@@ -94,7 +98,7 @@ def api_routes() -> dict[str, set[str]]:
 
     routes = {}
     for route, callback in walk(get_resolver().url_patterns):
-        if not route.startswith("api/"):
+        if not route.startswith(("api/", "v1/")):
             continue
         view = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
         allowed = getattr(view, "http_method_names", [])
@@ -148,6 +152,7 @@ def world(alice, bob, minilm, django_capture_on_commit_callbacks):
         "key_id": key.id,
         "collection_id": collection.id,
         "document_id": document.id,
+        "model": "workflow/wf",
     }
     with django_capture_on_commit_callbacks(execute=False):  # no worker runs here
         yield clients, ids
@@ -161,7 +166,7 @@ def test_matrix(world, scripted_model, route, method, role):
     clients, ids = world
     path = "/" + route
     for name, value in ids.items():
-        path = path.replace(f"<str:{name}>", str(value))
+        path = path.replace(f"<str:{name}>", str(value)).replace(f"<path:{name}>", str(value))
     body = BODIES.get((route, method), {})
     body = body() if callable(body) else body
     response = getattr(clients[role], method.lower())(path, body, format=FORMATS.get((route, method), "json"))
@@ -190,7 +195,7 @@ def page_routes() -> set[str]:
     return {
         str(pattern.pattern)
         for pattern in get_resolver().url_patterns
-        if isinstance(pattern, URLPattern) and not str(pattern.pattern).startswith(("api/", "admin/"))
+        if isinstance(pattern, URLPattern) and not str(pattern.pattern).startswith(("api/", "admin/", "v1/"))
     }
 
 

@@ -73,6 +73,14 @@ function renderChatList() {
       link.href = `/c/${chat.id}`;
       link.textContent = chat.title || "Untitled chat";
       link.dataset.chatId = chat.id;
+      if (chat.source === "openai") {
+        // Started by a program through the OpenAI-compatible API.
+        const badge = document.createElement("span");
+        badge.className = "source-badge";
+        badge.textContent = "API";
+        badge.title = "Started through the OpenAI-compatible API";
+        link.prepend(badge);
+      }
       if (state.chat && state.chat.id === chat.id) link.setAttribute("aria-current", "page");
       link.addEventListener("click", (event) => {
         event.preventDefault();
@@ -119,7 +127,7 @@ function messageElement(role) {
   element.className = `message ${role}`;
   const who = document.createElement("div");
   who.className = "who-said";
-  who.textContent = role === "user" ? "You" : "Assistant";
+  who.textContent = { user: "You", system: "System" }[role] || "Assistant";
   const body = document.createElement("div");
   body.className = "body";
   const meta = document.createElement("div");
@@ -276,6 +284,11 @@ function scrollToEnd() {
 function renderSaved(message) {
   if (message.role === "user") {
     addUserMessage(message.content, message.attachments || []);
+    return null;
+  }
+  if (message.role === "system") {
+    // A program's own system prompt (OpenAI API): shown as plain text, never as Markdown.
+    messageElement("system").querySelector(".body").textContent = message.content;
     return null;
   }
   const view = new ReplyView();
