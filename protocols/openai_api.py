@@ -13,11 +13,9 @@ disconnects only stops reading.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis
 from adrf.views import APIView as AsyncAPIView
 from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
@@ -29,7 +27,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chats import events
 from chats.api_errors import exception_handler
 from chats.limits import check_send_limits
 from chats.models import Chat, Message
@@ -42,8 +39,7 @@ from protocols.openai_serializers import (
     resolve_model,
     workflow_model_name,
 )
-
-logger = logging.getLogger(__name__)
+from protocols.replies import finished_reply, reply_events
 
 # Finish reasons as OpenAI names them: a cancelled reply simply stopped.
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -173,42 +169,20 @@ async def encode_chunks(reply: Message, model: str, include_usage: bool) -> Asyn
     """
     usage_field = {"usage": None} if include_usage else {}
     yield _chunk(reply, model, {"role": "assistant", "content": ""}, **usage_field)
-    try:
-        async for item in events.read_events(str(reply.id)):
-            if item is None:
-                yield PING
-                continue
-            _, kind, data = item
-            event = json.loads(data)
-            if kind == "content":
-                yield _chunk(reply, model, {"content": event["delta"]}, **usage_field)
-            elif kind == "end":
-                reason = FINISH_REASONS.get(event.get("finishReason"), "stop")
-                yield _chunk(reply, model, {}, reason, **usage_field)
-                if include_usage:
-                    used = event.get("usage") or {}
-                    usage = usage_object(used.get("promptTokens"), used.get("completionTokens"))
-                    yield _chunk(reply, model, None, usage=usage)
-                yield b"data: [DONE]\n\n"
-                return
-            elif kind == "error":
-                status = 503 if event.get("retryable") else 500
-                yield _sse(openai_error(status, event["error"], event["message"]))
-                return
-    except redis.RedisError:
-        logger.warning("OpenAI stream of reply %s lost Redis", reply.id)
-        unavailable = openai_error(
-            503, "stream_unavailable", "The event stream is unavailable right now; resume the reply over /api/."
-        )
-        yield _sse(unavailable)
-
-
-async def wait_for_reply(reply: Message) -> Message:
-    """Follow a reply's events until its terminal one, then return its saved row."""
-    async for item in events.read_events(str(reply.id)):
-        if item is not None and item[1] in events.TERMINAL_TYPES:
-            break
-    return await Message.objects.aget(id=reply.id)
+    async for event in reply_events(str(reply.id)):
+        if event is None:
+            yield PING
+        elif event["type"] == "content":
+            yield _chunk(reply, model, {"content": event["delta"]}, **usage_field)
+        elif event["type"] == "end":
+            yield _chunk(reply, model, {}, FINISH_REASONS.get(event.get("finishReason"), "stop"), **usage_field)
+            if include_usage:
+                used = event.get("usage") or {}
+                usage = usage_object(used.get("promptTokens"), used.get("completionTokens"))
+                yield _chunk(reply, model, None, usage=usage)
+            yield b"data: [DONE]\n\n"
+        elif event["type"] == "error":
+            yield _sse(openai_error(503 if event.get("retryable") else 500, event["error"], event["message"]))
 
 
 class ChatCompletionsView(OpenAIErrorsMixin, AsyncAPIView):
@@ -242,14 +216,11 @@ class ChatCompletionsView(OpenAIErrorsMixin, AsyncAPIView):
         if not isinstance(started, tuple):
             return started
         reply, model, headers = started
-        try:
-            reply = await wait_for_reply(reply)
-        except redis.RedisError:
-            logger.warning("OpenAI request for reply %s lost Redis while waiting", reply.id)
-            unavailable = openai_error(
-                503, "stream_unavailable", "The reply's progress cannot be followed right now; fetch it over /api/."
-            )
-            return Response(unavailable, status=503, headers={**headers, "Retry-After": "5"})
+        reply, terminal = await finished_reply(str(reply.id))
+        if terminal["type"] == "error" and reply.status not in Message.TERMINAL_STATUSES:
+            # The reply goes on, but its progress cannot be followed from here right now.
+            body = openai_error(503, terminal["error"], terminal["message"])
+            return Response(body, status=503, headers={**headers, "Retry-After": "5"})
         if reply.status == Message.Status.FAILED:
             error = reply.error or {}
             status = 503 if error.get("retryable", True) else 500
