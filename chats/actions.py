@@ -28,9 +28,11 @@ logger = logging.getLogger(__name__)
 TITLE_FROM_MESSAGE_CHARS = 80
 
 
-def do_create_chat(owner: User, *, title: str = "", model_id: str = "", workflow: Workflow | None = None) -> Chat:
-    """Create an empty chat for `owner`."""
-    return Chat.objects.create(owner=owner, title=title, model_id=model_id, workflow=workflow)
+def do_create_chat(
+    owner: User, *, title: str = "", model_id: str = "", workflow: Workflow | None = None, source: str = Chat.Source.WEB
+) -> Chat:
+    """Create an empty chat for `owner`; `source` names the protocol that asked for it (`Chat.Source`)."""
+    return Chat.objects.create(owner=owner, title=title, model_id=model_id, workflow=workflow, source=source)
 
 
 def do_update_chat(chat: Chat, **changes: object) -> Chat:

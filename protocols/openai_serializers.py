@@ -11,18 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.utils.text import slugify
 from rest_framework import serializers
 
 from chats.models import Message, User
-from pipelines.access import usable_models, usable_workflows
+from pipelines.access import usable_models
 from pipelines.models import ModelConfig, Workflow
+from protocols.workflows import find_workflow, workflow_model, workflow_slug
 
 WORKFLOW_MODEL_PREFIX = "workflow/"
 """`model` names a workflow as `workflow/<slug of its name>` (GET /v1/models lists them)."""
-
-DEFAULT_MODEL_ID = "smollm2-135m"
-"""The embedded model (pipelines migration 0002): a workflow that names no model of its own uses it."""
 
 MAX_STOP_SEQUENCES = 4
 """OpenAI's limit on `stop`."""
@@ -38,29 +35,20 @@ ROLES = {
 
 def workflow_model_name(workflow: Workflow) -> str:
     """The `model` a client sends to use `workflow`: `workflow/<slug>`."""
-    return f"{WORKFLOW_MODEL_PREFIX}{slugify(workflow.name) or workflow.id}"
+    return f"{WORKFLOW_MODEL_PREFIX}{workflow_slug(workflow)}"
 
 
 def resolve_model(user: User, name: str) -> tuple[ModelConfig, Workflow | None] | None:
     """The model and workflow that `model` names for `user`, or None when it names nothing they may use.
 
-    A model id (GET /api/models) answers with that model and no workflow. `workflow/<slug>` names one of the
-    user's usable workflows by the slug of its name (their own before shared ones, then the oldest); its reply
-    uses the workflow's model, else the embedded default, else the first usable model.
+    A model id (GET /api/models) answers with that model and no workflow; `workflow/<slug>` one of the user's
+    usable workflows (`protocols.workflows.find_workflow`) with the model its replies use.
     """
     if not name.startswith(WORKFLOW_MODEL_PREFIX):
         model = usable_models().filter(model_id=name).first()
         return (model, None) if model is not None else None
-    slug = name[len(WORKFLOW_MODEL_PREFIX) :]
-    candidates = sorted(
-        (w for w in usable_workflows(user).select_related("model") if workflow_model_name(w) == name),
-        key=lambda w: (w.owner_id is None, w.created_at),
-    )
-    if not slug or not candidates:
-        return None
-    workflow = candidates[0]
-    model = workflow.model if workflow.model is not None and workflow.model.is_active else None
-    model = model or usable_models().filter(model_id=DEFAULT_MODEL_ID).first() or usable_models().first()
+    workflow = find_workflow(user, name[len(WORKFLOW_MODEL_PREFIX) :])
+    model = workflow_model(workflow) if workflow is not None else None
     return (model, workflow) if model is not None else None
 
 

@@ -70,6 +70,9 @@ MATRIX = {
     "v1/models": {"GET": (200, 200, 200, 401)},
     "v1/models/<path:model>": {"GET": (200, 404, 404, 401)},  # alice's workflow, as workflow/wf
     "v1/chat/completions": {"POST": (400, 400, 400, 401)},  # an empty body
+    # Seed 003: a workspace is the caller's own space; a pipeline is a workflow the caller may use.
+    "api/v1/workspaces/<str:workspace>/search_sessions": {"GET": (200, 200, 200, 401), "POST": (201, 201, 201, 401)},
+    "api/v1/workspaces/<str:workspace>/pipelines/<str:pipeline>/chat-stream": {"POST": (400, 404, 404, 401)},
 }
 BODIES = {
     ("api/chats", "POST"): {"title": "new"},
@@ -153,6 +156,8 @@ def world(alice, bob, minilm, django_capture_on_commit_callbacks):
         "collection_id": collection.id,
         "document_id": document.id,
         "model": "workflow/wf",
+        "workspace": "default",
+        "pipeline": "wf",
     }
     with django_capture_on_commit_callbacks(execute=False):  # no worker runs here
         yield clients, ids
