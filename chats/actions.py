@@ -105,9 +105,11 @@ def do_send_message(
     workflow: Workflow | None,
     idempotency_key: str = "",
     attachments: list[str] | None = None,
+    options: dict | None = None,
 ) -> tuple[Message, Message, bool]:
     """Save a user's message (with the ids of its `attachments`, documents already checked readable) and a
-    `queued` assistant reply in one transaction; enqueue its generation.
+    `queued` assistant reply (with the generation `options` a client asked for: `Message.options`) in one
+    transaction; enqueue its generation.
 
     The Celery task is sent only once the transaction has committed, so the worker always finds the rows
     and no event is published for a row that might roll back. A send that repeats an `idempotency_key`
@@ -155,6 +157,7 @@ def do_send_message(
             created_at=now,
         )
         reply = _new_reply(chat, question, model, workflow, now, idempotency_key)
+        reply.options = options or {}
         Message.objects.bulk_create([question, reply])
         _enqueue_on_commit(reply)
     chat.model_id, chat.updated_at, chat.title = model.model_id, now, chat.title or title

@@ -272,8 +272,11 @@ class ReplyGeneration:
     def run(self) -> str | None:
         """Run the workflow and save the outcome; returns the final status (None if ended elsewhere)."""
         workflow = self.message.workflow
-        explicit = bool(workflow and workflow.steps)
-        steps = list(workflow.steps) if explicit else [{"type": "generate"}]
+        # Steps a client sent with the request (seed 002's RAG options, validated by `validate_steps`) come
+        # before the workflow's.
+        asked_steps = (self.message.options or {}).get("steps")
+        explicit = bool(asked_steps or (workflow and workflow.steps))
+        steps = list(asked_steps or (workflow.steps if workflow else [])) or [{"type": "generate"}]
         self.system = [workflow.system_prompt] if workflow and workflow.system_prompt else []
         self.history = branch_history(self.message)
         # System messages in the branch (a client's own, through the OpenAI API) join the system prompt.

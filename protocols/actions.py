@@ -21,6 +21,7 @@ def do_start_conversation(
     workflow: Workflow | None,
     options: dict[str, Any],
     source: str,
+    attachments: list[str] | None = None,
 ) -> tuple[Chat, Message]:
     """Save a conversation a client sent whole (OpenAI's `messages`) as a new chat of `user`, and queue a reply.
 
@@ -35,6 +36,7 @@ def do_start_conversation(
         workflow: the workflow that produces the reply, or None.
         options: the reply's generation settings (`Message.options`: temperature, max_tokens, stop).
         source: `Chat.Source` value naming the protocol.
+        attachments: ids of documents (already checked readable) attached to the question.
 
     Returns:
         `(chat, reply)`.
@@ -52,7 +54,9 @@ def do_start_conversation(
         rows: list[Message] = []
         parent: Message | None = None
         for number, (role, content) in enumerate(turns):
+            last = number == len(turns) - 1
             parent = Message(
+                attachments=(attachments or []) if last else [],
                 chat=chat,
                 role=role,
                 content=content,

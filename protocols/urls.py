@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from protocols import openai_api, search_sessions
+from protocols import openai_api, rag_stream, search_sessions
 
 v1_urlpatterns = [
     path("models", openai_api.ModelsView.as_view(), name="openai-models"),
@@ -12,6 +12,7 @@ v1_urlpatterns = [
 ]
 
 api_urlpatterns = [
+    path("chat/stream", rag_stream.RagChatStreamView.as_view(), name="seed002-chat-stream"),
     path(
         "workspaces/<str:workspace>/search_sessions",
         search_sessions.SearchSessionsView.as_view(),

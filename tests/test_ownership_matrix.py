@@ -70,6 +70,7 @@ MATRIX = {
     "v1/models": {"GET": (200, 200, 200, 401)},
     "v1/models/<path:model>": {"GET": (200, 404, 404, 401)},  # alice's workflow, as workflow/wf
     "v1/chat/completions": {"POST": (400, 400, 400, 401)},  # an empty body
+    "api/v1/chat/stream": {"POST": (422, 422, 422, 401)},  # seed 002; an empty body
     # Seed 003: a workspace is the caller's own space; a pipeline is a workflow the caller may use.
     "api/v1/workspaces/<str:workspace>/search_sessions": {"GET": (200, 200, 200, 401), "POST": (201, 201, 201, 401)},
     "api/v1/workspaces/<str:workspace>/pipelines/<str:pipeline>/chat-stream": {"POST": (400, 404, 404, 401)},
