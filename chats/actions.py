@@ -156,7 +156,7 @@ def do_send_message(
             attachments=attachments or [],
             created_at=now,
         )
-        reply = _new_reply(chat, question, model, workflow, now, idempotency_key)
+        reply = new_reply(chat, question, model, workflow, now, idempotency_key)
         reply.options = options or {}
         Message.objects.bulk_create([question, reply])
         _enqueue_on_commit(reply)
@@ -164,9 +164,10 @@ def do_send_message(
     return question, reply, True
 
 
-def _new_reply(
+def new_reply(
     chat: Chat, question: Message, model: ModelConfig, workflow: Workflow | None, after, idempotency_key: str = ""
 ) -> Message:
+    """An unsaved `queued` reply to `question`, created one microsecond `after` (a datetime) it."""
     return Message(
         chat=chat,
         role=Message.Role.ASSISTANT,
@@ -202,7 +203,7 @@ def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, wor
         running = running_reply(chat)
         if running is not None:
             raise ReplyInProgress(running.id)
-        reply = _new_reply(chat, question, model, workflow, timezone.now())
+        reply = new_reply(chat, question, model, workflow, timezone.now())
         reply.save(force_insert=True)
         _enqueue_on_commit(reply)
         do_update_chat(chat, model_id=model.model_id)

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from chats.actions import TITLE_FROM_MESSAGE_CHARS, enqueue_reply
+from chats.actions import TITLE_FROM_MESSAGE_CHARS, enqueue_reply, new_reply
 from chats.models import Chat, Message, User
 from pipelines.models import ModelConfig, Workflow
 
@@ -68,16 +68,8 @@ def do_start_conversation(
                 created_at=now + timedelta(microseconds=number),
             )
             rows.append(parent)
-        reply = Message(
-            chat=chat,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.QUEUED,
-            model_id=model.model_id,
-            workflow=workflow,
-            parent=parent,
-            options=options,
-            created_at=now + timedelta(microseconds=len(turns)),
-        )
+        reply = new_reply(chat, parent, model, workflow, parent.created_at)
+        reply.options = options
         rows.append(reply)
         Message.objects.bulk_create(rows)
         reply_id = str(reply.id)
