@@ -248,6 +248,20 @@ class ReplyView {
     this.element.setAttribute("aria-busy", String(on));
   }
 
+  /** The reply waits for a worker slot: say so, with how many replies are ahead when that is known. */
+  queued(position) {
+    const label = this.element.querySelector(".generating-label");
+    if (!label) return;
+    label.textContent =
+      position === null || position === undefined ? "Waiting for the model…" : `Waiting for the model: ${position} ahead`;
+  }
+
+  /** The reply's first text (or step) arrived: it is no longer waiting. */
+  started() {
+    const label = this.element.querySelector(".generating-label");
+    if (label) label.textContent = "Generating…";
+  }
+
   finish({ usage, finishReason, status }) {
     this.generating(false);
     renderMarkdown(this.body, this.text);
@@ -326,11 +340,15 @@ async function followReply(response, view, chatId) {
           messageId = data.messageId;
           view.element.dataset.messageId = messageId;
           state.running = { messageId, view };
+        } else if (data.type === "queued") {
+          view.queued(data.position);
         } else if (data.type === "content") {
+          view.started();
           view.append(data.delta);
         } else if (data.type === "sources") {
           view.sources(data.sources);
         } else if (data.type === "step") {
+          view.started();
           view.step(data);
         } else if (data.type === "tool_call" || data.type === "tool_result") {
           view.tool(data);
