@@ -162,7 +162,12 @@ async def _read(http: httpx.AsyncClient, method: str, url: str, out: dict, **kwa
                 if not line.startswith("data: "):
                     continue
                 now = time.time()
+                if line == "data: [DONE]":  # the OpenAI-compatible API's end
+                    out["terminal"], out["last"] = "end", now
+                    return
                 event = json.loads(line[6:])
+                if event.get("object") == "chat.completion.chunk":
+                    event = _openai_as_event(event)
                 out["events"] += 1
                 if "t" in event and event["type"] == "content":
                     out["latencies"].append(now - event["t"])
@@ -177,6 +182,14 @@ async def _read(http: httpx.AsyncClient, method: str, url: str, out: dict, **kwa
                     return
     except (httpx.HTTPError, OSError, json.JSONDecodeError) as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _openai_as_event(chunk: dict) -> dict:
+    """An OpenAI `chat.completion.chunk` as the reply event it stands for (the role chunk as `start`)."""
+    delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
+    if delta.get("content"):
+        return {"type": "content", "delta": delta["content"]}
+    return {"type": "start" if delta.get("role") else "chunk"}
 
 
 async def _streams(job: dict, connected) -> dict:
@@ -233,17 +246,21 @@ async def _posts(job: dict) -> dict:
             group = chats[i : i + job["at_once"]]
             outs = [{"events": 0, "latencies": [], "error": None, "terminal": None} for _ in group]
             sent = time.time()
+            if job.get("protocol") == "openai":
+                # Each request makes its own chat: `chats` only counts the requests.
+                body = {"model": job["model"], "messages": [{"role": "user", "content": "hello"}], "stream": True}
+                requests = [
+                    ("/v1/chat/completions", body, {"Authorization": f"Bearer {job['api_key']}"}) for _ in group
+                ]
+            else:
+                body = {"content": "hello", "modelId": job["model"], "userId": job["user_id"]}
+                requests = [
+                    (f"/api/chats/{chat}/messages/stream", body, {"X-CSRFToken": job["token"]}) for chat in group
+                ]
             await asyncio.gather(
                 *(
-                    _read(
-                        h,
-                        "POST",
-                        f"/api/chats/{chat}/messages/stream",
-                        out,
-                        json={"content": "hello", "modelId": job["model"], "userId": job["user_id"]},
-                        headers={"X-CSRFToken": job["token"]},
-                    )
-                    for chat, out in zip(group, outs, strict=True)
+                    _read(h, "POST", path, out, json=body, headers=headers)
+                    for (path, body, headers), out in zip(requests, outs, strict=True)
                 )
             )
             for out in outs:
@@ -387,12 +404,14 @@ def measure_ttft(b: Bench) -> dict:
     warmup = [str(Chat.objects.create(owner=b.user, title=f"warm-up {i}").id) for i in range(b.args.warmup)]
     warm = Background(_loadgen_main, {**b.post_job, "kind": "posts", "chats": warmup, "at_once": 1, "model": "bench10"})
     out["warmup_ttfts_ms"] = [round(t * 1000, 1) for t in warm.result().get("ttfts", [])]
-    for label, total, at_once in (
-        ("1_client", b.args.ttft_samples, 1),
-        (f"{b.args.at_once}_at_once", b.args.at_once * b.args.ttft_rounds, b.args.at_once),
+    for label, total, at_once, protocol in (
+        ("1_client", b.args.ttft_samples, 1, "seed004"),
+        ("openai_1_client", b.args.ttft_samples, 1, "openai"),
+        (f"{b.args.at_once}_at_once", b.args.at_once * b.args.ttft_rounds, b.args.at_once, "seed004"),
     ):
         chats = [str(Chat.objects.create(owner=b.user, title=f"ttft {i}").id) for i in range(total)]
         job = {**b.post_job, "kind": "posts", "chats": chats, "at_once": at_once, "model": "bench10"}
+        job["protocol"] = protocol
         result = Background(_loadgen_main, job).result()
         if "crash" in result:
             out[label] = result
@@ -594,6 +613,9 @@ def run(args: argparse.Namespace) -> dict:
         b = Bench(args, stack, redis_server, baseline, baseline_url)
         b.user, b.cookies = user, cookies
         b.post_job = {"base_url": stack.base_url, "cookies": cookies, "token": token, "user_id": str(user.id)}
+        from chats.actions import do_create_api_key
+
+        b.post_job["api_key"] = do_create_api_key(user, name="bench")[1]
         figures: dict = {"machine": {"cpus": os.cpu_count()}, "sizes": vars(args) | {"postgres": None, "json": None}}
         for name, step in (
             ("ttft", lambda: measure_ttft(b)),
@@ -636,6 +658,16 @@ def table(f: dict, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
             (f"added TTFT, {args.at_once} at once, p99", fmt(many.get("p99_ms"), " ms"), "<= 150 ms", "n/a"),
             ("  (errors)", f"{one.get('errors')} / {many.get('errors')}", "0", "n/a"),
         ]
+        if openai := f["ttft"].get("openai_1_client"):
+            ratio = (
+                f" ({100 * openai['p50_ms'] / one['p50_ms']:.0f}% of seed 004's)"
+                if openai.get("p50_ms") and one.get("p50_ms")
+                else ""
+            )
+            rows.append(
+                ("added TTFT, 1 client, p50, OpenAI API", f"{fmt(openai.get('p50_ms'), ' ms')}{ratio}",
+                 "within 10% of seed 004's", "n/a")
+            )  # fmt: skip
         for label, part in (("1 client", one), (f"{args.at_once} at once", many)):
             phases = part.get("phases") or {}
             p50s = [fmt((phases.get(k) or {}).get("p50_ms")) for k in

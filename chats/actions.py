@@ -28,9 +28,11 @@ logger = logging.getLogger(__name__)
 TITLE_FROM_MESSAGE_CHARS = 80
 
 
-def do_create_chat(owner: User, *, title: str = "", model_id: str = "", workflow: Workflow | None = None) -> Chat:
-    """Create an empty chat for `owner`."""
-    return Chat.objects.create(owner=owner, title=title, model_id=model_id, workflow=workflow)
+def do_create_chat(
+    owner: User, *, title: str = "", model_id: str = "", workflow: Workflow | None = None, source: str = Chat.Source.WEB
+) -> Chat:
+    """Create an empty chat for `owner`; `source` names the protocol that asked for it (`Chat.Source`)."""
+    return Chat.objects.create(owner=owner, title=title, model_id=model_id, workflow=workflow, source=source)
 
 
 def do_update_chat(chat: Chat, **changes: object) -> Chat:
@@ -103,9 +105,11 @@ def do_send_message(
     workflow: Workflow | None,
     idempotency_key: str = "",
     attachments: list[str] | None = None,
+    options: dict | None = None,
 ) -> tuple[Message, Message, bool]:
     """Save a user's message (with the ids of its `attachments`, documents already checked readable) and a
-    `queued` assistant reply in one transaction; enqueue its generation.
+    `queued` assistant reply (with the generation `options` a client asked for: `Message.options`) in one
+    transaction; enqueue its generation.
 
     The Celery task is sent only once the transaction has committed, so the worker always finds the rows
     and no event is published for a row that might roll back. A send that repeats an `idempotency_key`
@@ -152,16 +156,18 @@ def do_send_message(
             attachments=attachments or [],
             created_at=now,
         )
-        reply = _new_reply(chat, question, model, workflow, now, idempotency_key)
+        reply = new_reply(chat, question, model, workflow, now, idempotency_key)
+        reply.options = options or {}
         Message.objects.bulk_create([question, reply])
         _enqueue_on_commit(reply)
     chat.model_id, chat.updated_at, chat.title = model.model_id, now, chat.title or title
     return question, reply, True
 
 
-def _new_reply(
+def new_reply(
     chat: Chat, question: Message, model: ModelConfig, workflow: Workflow | None, after, idempotency_key: str = ""
 ) -> Message:
+    """An unsaved `queued` reply to `question`, created one microsecond `after` (a datetime) it."""
     return Message(
         chat=chat,
         role=Message.Role.ASSISTANT,
@@ -197,7 +203,7 @@ def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, wor
         running = running_reply(chat)
         if running is not None:
             raise ReplyInProgress(running.id)
-        reply = _new_reply(chat, question, model, workflow, timezone.now())
+        reply = new_reply(chat, question, model, workflow, timezone.now())
         reply.save(force_insert=True)
         _enqueue_on_commit(reply)
         do_update_chat(chat, model_id=model.model_id)

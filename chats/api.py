@@ -19,6 +19,7 @@ from chats import actions
 from chats.access import access_api_key, access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
+from chats.event_schema import sse_description
 from chats.exceptions import InvalidLastEventId
 from chats.fields import StrictCharField
 from chats.limits import check_send_limits
@@ -156,17 +157,8 @@ SSE_RESPONSE = OpenApiResponse(
     description=(
         "Server-Sent Events (`text/event-stream`). Each event is `id: <stream entry id>` and `data: <json>`; "
         "`: ping` comments keep the line alive; the response closes after `end` or `error`. Event types "
-        "(`type` field, camelCase fields): "
-        "`start` {messageId, chatId, userMessageId, model, workflowId}; "
-        "`step` {step, state: started|finished|failed, index, ...}; "
-        "`sources` {sources: [{id, number, title, snippet, score, documentId, collectionId, page, start, end}]}, "
-        "once, before the first `content`; "
-        "`content` {delta}; "
-        "`tool_call` {callId, toolName, toolArgs}; "
-        "`tool_result` {callId, toolName, result, error?}; "
-        "`end` {messageId, finishReason: stop|length|cancelled, usage: {promptTokens, completionTokens}, "
-        "quotaLeft?}; "
-        "`error` {error, message, retryable}. Clients ignore unknown types; fields are only ever added."
+        f"(`type` field, camelCase fields; `?`: optional): {sse_description()}. Clients ignore unknown types; "
+        "fields are only ever added."
     ),
 )
 

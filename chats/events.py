@@ -1,4 +1,6 @@
-"""Reply events (DESIGN.md section 4) and the Redis Stream bus that carries them from worker to web.
+"""The transport of reply events (DESIGN.md section 4): the Redis Stream bus that carries them from worker to web.
+
+What the events are (types, fields, constructors) is `chats.event_schema`.
 
 Each assistant message has one Redis Stream, `<CHATSITE_STREAM_KEY_PREFIX><messageId>`. The worker appends
 every event with XADD (capped with MAXLEN); once the terminal event is in, the key gets an expiry. A web
@@ -22,7 +24,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import redis
 import redis.asyncio
@@ -33,71 +35,23 @@ from redis.retry import Retry
 
 from chats.bus import EventBus, MemoryBus, RedisBus, decode_entry, parse_entry_id
 
+# The contract (types, fields, constructors) lives in chats.event_schema; its names are re-exported here for the
+# transport's callers.
+from chats.event_schema import (  # noqa: F401
+    TERMINAL_TYPES,
+    Event,
+    content_event,
+    end_event,
+    error_event,
+    queued_event,
+    sources_event,
+    start_event,
+    step_event,
+    tool_call_event,
+    tool_result_event,
+)
+
 logger = logging.getLogger(__name__)
-
-START = "start"
-STEP = "step"
-SOURCES = "sources"
-CONTENT = "content"
-TOOL_CALL = "tool_call"
-TOOL_RESULT = "tool_result"
-END = "end"
-ERROR = "error"
-TERMINAL_TYPES = frozenset({END, ERROR})
-
-Event = dict[str, Any]
-
-
-def start_event(
-    *, message_id: str, chat_id: str, user_message_id: str | None, model: str, workflow_id: str | None
-) -> Event:
-    """The first event of every reply."""
-    return {
-        "type": START,
-        "messageId": message_id,
-        "chatId": chat_id,
-        "userMessageId": user_message_id,
-        "model": model,
-        "workflowId": workflow_id,
-    }
-
-
-def sources_event(sources: list[dict[str, Any]]) -> Event:
-    """The passages an answer draws on, sent once, before the first `content` event (seed 002).
-
-    Each item: `{id, number, title, snippet, score, documentId, collectionId, page, start, end}`: `number` is
-    how the answer cites it ([1]); `score` is the similarity in [0, 1]; `page` (PDF, from 1) or null;
-    `start`/`end` are character offsets into the document's text.
-    """
-    return {"type": SOURCES, "sources": sources}
-
-
-def content_event(delta: str) -> Event:
-    """A piece of the reply's text; clients append the deltas in order."""
-    return {"type": CONTENT, "delta": delta}
-
-
-def end_event(
-    *, message_id: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, quota_left: int | None = None
-) -> Event:
-    """The terminal event of a reply that finished: `finishReason` is `stop`, `length` or `cancelled`.
-
-    `quotaLeft` (tokens the user may still use today) is there only for users with a daily quota.
-    """
-    event = {
-        "type": END,
-        "messageId": message_id,
-        "finishReason": finish_reason,
-        "usage": {"promptTokens": prompt_tokens, "completionTokens": completion_tokens},
-    }
-    if quota_left is not None:
-        event["quotaLeft"] = quota_left
-    return event
-
-
-def error_event(*, code: str, message: str, retryable: bool) -> Event:
-    """The terminal event of a reply that failed: a machine `error` code and a `message` for people."""
-    return {"type": ERROR, "error": code, "message": message, "retryable": retryable}
 
 
 def encode(event: Event) -> str:
@@ -297,11 +251,11 @@ class StreamSnapshot:
 
     @property
     def started(self) -> bool:
-        return START in self.types
+        return "start" in self.types
 
     @property
     def has_content(self) -> bool:
-        return CONTENT in self.types
+        return "content" in self.types
 
     @property
     def ended(self) -> bool:
@@ -317,7 +271,7 @@ def snapshot(message_id: str) -> StreamSnapshot:
     """Read a reply's whole stream (at most CHATSITE_STREAM_MAXLEN entries)."""
     entries = bus().entries(stream_key(message_id))
     types = [fields["type"] for _, fields in entries]
-    text = "".join(json.loads(f["data"]).get("delta", "") for _, f in entries if f["type"] == CONTENT)
+    text = "".join(json.loads(f["data"]).get("delta", "") for _, f in entries if f["type"] == "content")
     return StreamSnapshot(types, text, entries[-1][0] if entries else None)
 
 

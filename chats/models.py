@@ -29,6 +29,15 @@ class Chat(models.Model):
     workflow = models.ForeignKey(
         "pipelines.Workflow", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+
+    class Source(models.TextChoices):
+        WEB = "web", "Web UI or chatsite API"
+        OPENAI = "openai", "OpenAI-compatible API"
+        RAG_STREAM = "rag_stream", "RAG chat stream API (seed 002)"
+        SEARCH_SESSION = "search_session", "Search session API (seed 003)"
+
+    # Which protocol started the chat: the UI labels chats that programs started through another protocol.
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.WEB)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -84,6 +93,9 @@ class Message(models.Model):
     sources = models.JSONField(default=list, blank=True)
     # A question's attached documents ([documentId]): used whole when they fit the prompt, else searched.
     attachments = models.JSONField(default=list, blank=True)
+    # A reply's generation settings asked for by the client (OpenAI API): `temperature` (0-2), `max_tokens`,
+    # `stop` ([str]); they override the workflow's and the model's defaults. Empty: none asked for.
+    options = models.JSONField(default=dict, blank=True)
     # The client's Idempotency-Key for the send that created this reply; unique within a chat.
     idempotency_key = models.CharField(max_length=settings.CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS, blank=True, default="")
     created_at = models.DateTimeField()

@@ -85,10 +85,11 @@ class ChatSerializer(StrictModelSerializer):
     workflowId = WorkflowField(source="workflow", required=False, allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
     updatedAt = serializers.DateTimeField(source="updated_at", read_only=True)
+    source = serializers.CharField(read_only=True, help_text="How the chat was started: web, or openai (the /v1 API).")
 
     class Meta:
         model = Chat
-        fields = ["id", "title", "modelId", "workflowId", "createdAt", "updatedAt"]
+        fields = ["id", "title", "modelId", "workflowId", "source", "createdAt", "updatedAt"]
         read_only_fields = ["id"]
         extra_kwargs = {"title": {"required": False, "allow_blank": True}}
 

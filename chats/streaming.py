@@ -248,7 +248,7 @@ def reply_stream_response(message: Message, last_id: str | None = None) -> Strea
         for entry_id, event in replay
         if wanted is None or parse_entry_id(entry_id) > wanted
     ]
-    return _sse_response(_iterate(chunks))
+    return sse_response(_iterate(chunks))
 
 
 async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
@@ -258,10 +258,12 @@ async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 def event_stream_response(message_id: str, last_id: str = "0-0") -> StreamingHttpResponse:
     """A streaming response relaying the reply `message_id` as Server-Sent Events."""
-    return _sse_response(relay(message_id, last_id))
+    return sse_response(relay(message_id, last_id))
 
 
-def _sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
+def sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """A `text/event-stream` response over `body` (SSE bytes): unbuffered, uncached, and holding neither the
+    request's database connection nor its thread while it streams."""
     # The request's database connection would otherwise stay open until the stream closes (Django closes it
     # at request_finished): give it back now, as the relay needs none. (Not inside a transaction: tests.)
     if not connection.in_atomic_block:

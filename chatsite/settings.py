@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "chats",
     "pipelines",
     "knowledge",
+    "protocols",
 ]
 
 MIDDLEWARE = [

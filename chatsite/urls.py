@@ -7,6 +7,7 @@ from django.urls import include, path
 
 from chats import views
 from knowledge import views as knowledge_views
+from protocols import urls as protocol_urls
 
 urlpatterns = [
     path("", views.chat_page, name="chat-home"),
@@ -27,6 +28,8 @@ urlpatterns = [
     path("documents/<str:document_id>", knowledge_views.document_page, name="document-page"),
     path("admin/", admin.site.urls),
     path("api/", include("chats.urls")),
+    path("v1/", include(protocol_urls.v1_urlpatterns)),
+    path("api/v1/", include(protocol_urls.api_urlpatterns)),
 ]
 
 handler404 = "chats.api_errors.json_not_found"

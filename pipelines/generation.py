@@ -30,6 +30,7 @@ from chats.models import Message
 from pipelines.models import Connector, ModelConfig
 from pipelines.providers.base import ChatMessage, GenerationError, Provider, ToolCall, get_provider
 from pipelines.steps import DEFAULT_SIMILARITY_THRESHOLD
+from pipelines.stops import StopScanner
 from pipelines.tools import ToolContext, registry, run_tool
 
 logger = logging.getLogger(__name__)
@@ -271,10 +272,15 @@ class ReplyGeneration:
     def run(self) -> str | None:
         """Run the workflow and save the outcome; returns the final status (None if ended elsewhere)."""
         workflow = self.message.workflow
-        explicit = bool(workflow and workflow.steps)
-        steps = list(workflow.steps) if explicit else [{"type": "generate"}]
+        # Steps a client sent with the request (seed 002's RAG options, validated by `validate_steps`) come
+        # before the workflow's.
+        asked_steps = (self.message.options or {}).get("steps")
+        explicit = bool(asked_steps or (workflow and workflow.steps))
+        steps = list(asked_steps or (workflow.steps if workflow else [])) or [{"type": "generate"}]
         self.system = [workflow.system_prompt] if workflow and workflow.system_prompt else []
         self.history = branch_history(self.message)
+        # System messages in the branch (a client's own, through the OpenAI API) join the system prompt.
+        self.system += [m.content for m in self.history if m.role == Message.Role.SYSTEM and m.content]
         self.question: str | None = None
         self.context: list[str] = []
         step_index, kind = 0, ""
@@ -494,8 +500,16 @@ class ReplyGeneration:
         config = _model(step.get("model") or self.message.model_id)
         provider = get_provider(config)
         self.last_provider = provider
-        max_tokens = step.get("max_tokens") or (workflow and workflow.max_tokens) or config.default_max_tokens
-        temperature = step.get("temperature")
+        asked = self.message.options or {}
+        max_tokens = (
+            asked.get("max_tokens")
+            or step.get("max_tokens")
+            or (workflow and workflow.max_tokens)
+            or config.default_max_tokens
+        )
+        temperature = asked.get("temperature")
+        if temperature is None:
+            temperature = step.get("temperature")
         if temperature is None:
             temperature = workflow.temperature if workflow and workflow.temperature is not None else None
         if temperature is None:
@@ -562,15 +576,26 @@ class ReplyGeneration:
         stream = provider.stream_chat(
             prompt, max_tokens=max_tokens, temperature=temperature, tools=tools, tool_choice=tool_choice
         )
+        stops = StopScanner(list((self.message.options or {}).get("stop") or []))
         self.content_sent_at = None  # each answer's first delta goes out at once
         try:
             for delta in stream:
-                if delta.text:
-                    self.add_content(delta.text)
+                if delta.text and (text := stops.feed(delta.text)):
+                    self.add_content(text)
                 calls.extend(delta.tool_calls)
                 if delta.finish_reason:
                     self.finish_reason = "stop" if delta.finish_reason == "tool_calls" else delta.finish_reason
                 self._count(delta)
+                if stops.stopped:
+                    # The client's stop sequence ends the answer here (OpenAI's `stop`), whatever came after.
+                    self.finish_reason, calls = "stop", []
+                    if not self.completion_tokens:
+                        # The provider's usage report comes last, after the text we stopped reading.
+                        self.prompt_tokens = sum(provider.count_tokens(m.get("content") or "") for m in prompt)
+                        self.completion_tokens = provider.count_tokens("".join(self.parts))
+                    break
+            if tail := stops.flush():
+                self.add_content(tail)
             self.flush_content()
         finally:
             stream.close()  # let go of the model before anything else uses it

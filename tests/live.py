@@ -22,6 +22,8 @@ import redis
 from django.conf import settings
 from httpx_sse import connect_sse
 
+from chats.event_schema import check_event
+
 BASE_DIR = Path(settings.BASE_DIR)
 
 # Short lifecycle timings, so that tests of dead workers and the watchdog take seconds, not minutes.
@@ -258,7 +260,10 @@ def read_sse(
                 # httpx-sse remembers the last id across events, so it reports a `: ping` comment that follows
                 # an event as an event with no data; the SSE spec dispatches nothing for it.
                 continue
-            received.events.append(sse.json())
+            event = sse.json()
+            # Every event a live test reads keeps the reply-event contract.
+            check_event(event)
+            received.events.append(event)
             received.ids.append(sse.id)
             received.arrived.append(time.time())
             if stop_after is not None and len(received.events) >= stop_after:

@@ -20,6 +20,9 @@ EXCLUDED = [
     "/api/chats/{chat_id}/messages/stream",
     "/api/chats/{chat_id}/messages/{message_id}/stream",
     "/api/chats/{chat_id}/messages/{message_id}/regenerate",
+    "/v1/chat/completions",
+    "/api/v1/chat/stream",
+    "/api/v1/workspaces/{workspace}/pipelines/{pipeline}/chat-stream",
     "/api/auth/logout",
     "/api/schema/docs",
 ]

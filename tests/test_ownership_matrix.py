@@ -66,6 +66,14 @@ MATRIX = {
     "api/documents/<str:document_id>/file": {"GET": (200, 403, 403, 401)},
     "api/schema": {"GET": (200, 200, 200, 200)},
     "api/schema/docs": {"GET": (200, 200, 200, 200)},
+    # The OpenAI-compatible API: a workflow the caller may not use is a model that does not exist for them.
+    "v1/models": {"GET": (200, 200, 200, 401)},
+    "v1/models/<path:model>": {"GET": (200, 404, 404, 401)},  # alice's workflow, as workflow/wf
+    "v1/chat/completions": {"POST": (400, 400, 400, 401)},  # an empty body
+    "api/v1/chat/stream": {"POST": (422, 422, 422, 401)},  # seed 002; an empty body
+    # Seed 003: a workspace is the caller's own space; a pipeline is a workflow the caller may use.
+    "api/v1/workspaces/<str:workspace>/search_sessions": {"GET": (200, 200, 200, 401), "POST": (201, 201, 201, 401)},
+    "api/v1/workspaces/<str:workspace>/pipelines/<str:pipeline>/chat-stream": {"POST": (400, 404, 404, 401)},
 }
 BODIES = {
     ("api/chats", "POST"): {"title": "new"},
@@ -83,7 +91,7 @@ FORMATS = {("api/collections/<str:collection_id>/documents", "POST"): "multipart
 
 
 def api_routes() -> dict[str, set[str]]:
-    """Every route under api/ in the URL configuration, with the HTTP methods its view answers."""
+    """Every route under api/ and v1/ in the URL configuration, with the HTTP methods its view answers."""
 
     def walk(patterns, prefix=""):
         for pattern in patterns:
@@ -94,7 +102,7 @@ def api_routes() -> dict[str, set[str]]:
 
     routes = {}
     for route, callback in walk(get_resolver().url_patterns):
-        if not route.startswith("api/"):
+        if not route.startswith(("api/", "v1/")):
             continue
         view = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
         allowed = getattr(view, "http_method_names", [])
@@ -148,6 +156,9 @@ def world(alice, bob, minilm, django_capture_on_commit_callbacks):
         "key_id": key.id,
         "collection_id": collection.id,
         "document_id": document.id,
+        "model": "workflow/wf",
+        "workspace": "default",
+        "pipeline": "wf",
     }
     with django_capture_on_commit_callbacks(execute=False):  # no worker runs here
         yield clients, ids
@@ -161,7 +172,7 @@ def test_matrix(world, scripted_model, route, method, role):
     clients, ids = world
     path = "/" + route
     for name, value in ids.items():
-        path = path.replace(f"<str:{name}>", str(value))
+        path = path.replace(f"<str:{name}>", str(value)).replace(f"<path:{name}>", str(value))
     body = BODIES.get((route, method), {})
     body = body() if callable(body) else body
     response = getattr(clients[role], method.lower())(path, body, format=FORMATS.get((route, method), "json"))
@@ -190,7 +201,7 @@ def page_routes() -> set[str]:
     return {
         str(pattern.pattern)
         for pattern in get_resolver().url_patterns
-        if isinstance(pattern, URLPattern) and not str(pattern.pattern).startswith(("api/", "admin/"))
+        if isinstance(pattern, URLPattern) and not str(pattern.pattern).startswith(("api/", "admin/", "v1/"))
     }
 
 

@@ -74,6 +74,14 @@ function renderChatList() {
       link.href = `/c/${chat.id}`;
       link.textContent = chat.title || "Untitled chat";
       link.dataset.chatId = chat.id;
+      if (chat.source === "openai") {
+        // Started by a program through the OpenAI-compatible API.
+        const badge = document.createElement("span");
+        badge.className = "source-badge";
+        badge.textContent = "API";
+        badge.title = "Started through the OpenAI-compatible API";
+        link.prepend(badge);
+      }
       if (state.chat && state.chat.id === chat.id) link.setAttribute("aria-current", "page");
       link.addEventListener("click", (event) => {
         event.preventDefault();
@@ -120,7 +128,7 @@ function messageElement(role) {
   element.className = `message ${role}`;
   const who = document.createElement("div");
   who.className = "who-said";
-  who.textContent = role === "user" ? "You" : "Assistant";
+  who.textContent = { user: "You", system: "System" }[role] || "Assistant";
   const body = document.createElement("div");
   body.className = "body";
   const meta = document.createElement("div");
@@ -241,6 +249,20 @@ class ReplyView {
     this.element.setAttribute("aria-busy", String(on));
   }
 
+  /** The reply waits for a worker slot: say so, with how many replies are ahead when that is known. */
+  queued(position) {
+    const label = this.element.querySelector(".generating-label");
+    if (!label) return;
+    label.textContent =
+      position === null || position === undefined ? "Waiting for the model…" : `Waiting for the model: ${position} ahead`;
+  }
+
+  /** The reply's first text (or step) arrived: it is no longer waiting. */
+  started() {
+    const label = this.element.querySelector(".generating-label");
+    if (label) label.textContent = "Generating…";
+  }
+
   finish({ usage, finishReason, status }) {
     this.generating(false);
     renderMarkdown(this.body, this.text);
@@ -279,6 +301,11 @@ function renderSaved(message) {
     addUserMessage(message.content, message.attachments || []);
     return null;
   }
+  if (message.role === "system") {
+    // A program's own system prompt (OpenAI API): shown as plain text, never as Markdown.
+    messageElement("system").querySelector(".body").textContent = message.content;
+    return null;
+  }
   const view = new ReplyView();
   view.element.dataset.messageId = message.id;
   for (const call of message.toolCalls || []) view.tool(call);
@@ -314,11 +341,15 @@ async function followReply(response, view, chatId) {
           messageId = data.messageId;
           view.element.dataset.messageId = messageId;
           state.running = { messageId, view };
+        } else if (data.type === "queued") {
+          view.queued(data.position);
         } else if (data.type === "content") {
+          view.started();
           view.append(data.delta);
         } else if (data.type === "sources") {
           view.sources(data.sources);
         } else if (data.type === "step") {
+          view.started();
           view.step(data);
         } else if (data.type === "tool_call" || data.type === "tool_result") {
           view.tool(data);
