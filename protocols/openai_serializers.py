@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from chats.fields import StrictCharField, StrictChoiceField
 from chats.models import Message, User
 from pipelines.access import usable_models
 from pipelines.models import ModelConfig, Workflow
@@ -84,7 +85,7 @@ class ContentField(serializers.Field):
 class ChatMessageSerializer(serializers.Serializer):
     """One entry of `messages`: `role` (system, developer, user, assistant) and `content`; `name` is ignored."""
 
-    role = serializers.ChoiceField(
+    role = StrictChoiceField(
         choices=list(ROLES),
         error_messages={
             "invalid_choice": "role '{input}' is not supported: use system, developer, user or assistant "
@@ -92,7 +93,7 @@ class ChatMessageSerializer(serializers.Serializer):
         },
     )
     content = ContentField(allow_null=True, required=False)
-    name = serializers.CharField(max_length=256, required=False)
+    name = StrictCharField(max_length=256, required=False)
 
 
 class StreamOptionsSerializer(serializers.Serializer):
@@ -117,7 +118,7 @@ class StopField(serializers.Field):
 class ChatCompletionRequestSerializer(serializers.Serializer):
     """The body of `POST /v1/chat/completions` (OpenAI's Chat Completions API)."""
 
-    model = serializers.CharField(max_length=200)
+    model = StrictCharField(max_length=200)
     messages = ChatMessageSerializer(many=True, allow_empty=False, max_length=200)
     stream = serializers.BooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
@@ -126,7 +127,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=100000)
     stop = StopField(required=False, allow_null=True)
     n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1)
-    user = serializers.CharField(required=False, max_length=256, allow_blank=True)
+    user = StrictCharField(required=False, max_length=256, allow_blank=True)
     # Refused unless empty or off: chatsite cannot honour them (see `validate`).
     tools = serializers.ListField(required=False, allow_null=True)
     tool_choice = serializers.JSONField(required=False, allow_null=True)

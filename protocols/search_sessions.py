@@ -30,6 +30,7 @@ from rest_framework.views import APIView
 from chats import actions
 from chats.access import access_chat
 from chats.api_errors import exception_handler
+from chats.fields import StrictCharField, StrictUUIDField
 from chats.limits import check_send_limits
 from chats.models import Chat, Message
 from chats.streaming import PING, sse_response
@@ -76,8 +77,8 @@ SESSION = inline_serializer(
 class CreateSessionSerializer(serializers.Serializer):
     """Optional: the pipeline (workflow slug) the session is for, and a name."""
 
-    pipeline_name = serializers.CharField(required=False, allow_null=True, max_length=200)
-    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    pipeline_name = StrictCharField(required=False, allow_null=True, max_length=200)
+    name = StrictCharField(required=False, allow_blank=True, max_length=200)
 
 
 def session_object(chat: Chat, pipeline: str | None = None) -> dict[str, Any]:
@@ -131,8 +132,8 @@ class SearchSessionsView(SearchSessionView):
 
 
 class ChatStreamSerializer(serializers.Serializer):
-    query = serializers.CharField(max_length=settings.CHATSITE_MAX_MESSAGE_CHARS)
-    search_session_id = serializers.UUIDField()
+    query = StrictCharField(max_length=settings.CHATSITE_MAX_MESSAGE_CHARS)
+    search_session_id = StrictUUIDField()
     include_result = serializers.BooleanField(required=False, default=False)
 
 
