@@ -64,20 +64,23 @@ def format_sse(entry_id: str, data: str) -> bytes:
     return f"id: {entry_id}\ndata: {data}\n\n".encode()
 
 
-async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
-    """Yield a reply's events as SSE bytes from after `last_id` until its terminal event.
+async def reply_event_batches(
+    message_id: str, last_id: str = "0-0"
+) -> AsyncIterator[list[tuple[str | None, str, str]]]:
+    """Follow a reply's events from after `last_id` until its terminal event: the one wire-independent view of a
+    reply that every protocol encodes (seed 004's SSE here, the others in `protocols/`).
 
-    Starts with a `: connected` comment. Sends `: ping` whenever `CHATSITE_SSE_PING_SECONDS` pass with no
-    event, and then, unless a worker's heartbeat shows the reply is being generated, ends with the saved
-    terminal event if the reply ended in the database but its stream never got one. If Redis goes away, it
-    reconnects and carries on from the last event it relayed; when it has not got Redis back within
-    `RECONNECT_SECONDS` it sends an `error` event (`stream_unavailable`, retryable, no `id:`) and ends, so the
-    client can resume later. If Redis refuses to read the stream (a command error, which reading again cannot
-    cure) it sends an `error` event (`stream_read_failed`, not retryable) and ends at once. Each outage is
-    logged once when it starts and once when it ends, not at every attempt. When the client leaves, the
-    server cancels this generator (Django's ASGI handler, on `http.disconnect`): no attempt follows.
+    Yields lists of `(entry_id, type, data_json)` in order, each holding the events that arrived together, and
+    an empty list whenever `CHATSITE_SSE_PING_SECONDS` pass with no event (time for a keep-alive). After an
+    idle spell, unless a worker's heartbeat shows the reply is being generated, it ends with the saved terminal
+    event if the reply ended in the database but its stream never got one. If Redis goes away, it reconnects and
+    carries on from the last event it yielded; when it has not got Redis back within `RECONNECT_SECONDS` it
+    yields an `error` event (`stream_unavailable`, retryable) and ends, so the client can resume later. If Redis
+    refuses to read the stream (a command error, which reading again cannot cure) it yields an `error` event
+    (`stream_read_failed`, not retryable) and ends at once. Events it makes up itself have no entry id (None).
+    Each outage is logged once when it starts and once when it ends, not at every attempt. When the client
+    leaves, the server cancels the consumer, and with it this generator: no attempt follows.
     """
-    yield CONNECTED
     failures = 0
     lost_at = 0.0
     while True:
@@ -87,19 +90,18 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                     logger.info("relay of %s has Redis back after %d attempts", message_id, failures)
                     failures = 0
                 if not batch:
-                    yield PING
+                    yield []
                     if await events.heartbeat_alive_async(message_id):
                         # A worker is generating it and its events reach the stream: no need to ask the
                         # database (thousands of idle streams would each query it every ping interval).
                         continue
                     if (terminal := await _saved_terminal(message_id)) is not None:
                         # Ended in the database but not in the stream (its publisher lost Redis): end here.
-                        yield f"data: {events.encode(terminal)}\n\n".encode()
+                        yield [(None, terminal["type"], events.encode(terminal))]
                         return
                     continue
                 last_id = batch[-1][0]
-                # Every event that arrived together goes out in one write.
-                yield b"".join(format_sse(entry_id, data) for entry_id, _, data in batch)
+                yield batch
                 if batch[-1][1] in events.TERMINAL_TYPES:
                     return
         except redis.ResponseError as exc:
@@ -109,7 +111,7 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                 message="This reply's event stream could not be read. Reload the chat to see the reply.",
                 retryable=False,
             )
-            yield f"data: {events.encode(error)}\n\n".encode()
+            yield [(None, "error", events.encode(error))]
             return
         except redis.RedisError as exc:
             failures += 1
@@ -123,9 +125,27 @@ async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
                     message="The event stream is unavailable right now. Resume it in a moment.",
                     retryable=True,
                 )
-                yield f"data: {events.encode(error)}\n\n".encode()
+                yield [(None, "error", events.encode(error))]
                 return
             await asyncio.sleep(min(RECONNECT_MAX_DELAY, RECONNECT_BASE_DELAY * 2 ** (failures - 1)))
+
+
+async def relay(message_id: str, last_id: str = "0-0") -> AsyncIterator[bytes]:
+    """Seed 004's encoder: a reply's events as SSE bytes from after `last_id` until its terminal event.
+
+    Starts with a `: connected` comment, sends `: ping` for each idle spell, and writes the events that arrived
+    together in one write, each with its entry id as the SSE `id:` (events the relay makes up have none). See
+    `reply_event_batches` for what it follows and how it survives Redis outages.
+    """
+    yield CONNECTED
+    async for batch in reply_event_batches(message_id, last_id):
+        if not batch:
+            yield PING
+            continue
+        yield b"".join(
+            format_sse(entry_id, data) if entry_id is not None else f"data: {data}\n\n".encode()
+            for entry_id, _, data in batch
+        )
 
 
 def _saved_terminal_sync(message_id: str) -> events.Event | None:

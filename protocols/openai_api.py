@@ -217,7 +217,7 @@ class ChatCompletionsView(OpenAIErrorsMixin, AsyncAPIView):
             return started
         reply, model, headers = started
         reply, terminal = await finished_reply(str(reply.id))
-        if terminal["type"] == "error" and reply.status not in Message.TERMINAL_STATUSES:
+        if terminal.get("type") == "error" and reply.status not in Message.TERMINAL_STATUSES:
             # The reply goes on, but its progress cannot be followed from here right now.
             body = openai_error(503, terminal["error"], terminal["message"])
             return Response(body, status=503, headers={**headers, "Retry-After": "5"})

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from chats.event_schema import start_event
 from chats.models import Chat, Message
 from tests.conftest import E2E_PASSWORD
 from tests.live import entry_key, login, new_chat, read_sse, resume, send
@@ -274,9 +275,11 @@ def test_the_watchdog_ends_a_reply_whose_worker_vanished(live_stack, session, ca
     key = f"{live_stack.key_prefix}{reply.id}"
     redis = live_stack.redis()
     old_ms = int(long_ago.timestamp() * 1000)
-    redis.xadd(
-        key, {"type": "start", "data": json.dumps({"type": "start", "messageId": str(reply.id)})}, id=f"{old_ms}-0"
-    )
+    start = start_event(
+        message_id=str(reply.id), chat_id=str(chat.id), user_message_id=str(question.id), model="scripted",
+        workflow_id=None,
+    )  # fmt: skip
+    redis.xadd(key, {"type": "start", "data": json.dumps(start)}, id=f"{old_ms}-0")
     redis.xadd(key, {"type": "content", "data": json.dumps({"type": "content", "delta": "partial"})}, id=f"{old_ms}-1")
 
     stream = resume(client, str(chat.id), str(reply.id))  # follows live until the watchdog ends it
@@ -320,7 +323,10 @@ def test_the_watchdog_queues_again_a_reply_whose_worker_vanished_before_any_text
         chat=chat, role="assistant", status="streaming", model_id="scripted", parent=question,
         created_at=long_ago, started_at=long_ago,
     )  # fmt: skip
-    start = {"type": "start", "messageId": str(reply.id)}
+    start = start_event(
+        message_id=str(reply.id), chat_id=str(chat.id), user_message_id=str(question.id), model="scripted",
+        workflow_id=None,
+    )  # fmt: skip
     old_ms = int(long_ago.timestamp() * 1000)
     live_stack.redis().xadd(
         f"{live_stack.key_prefix}{reply.id}", {"type": "start", "data": json.dumps(start)}, id=f"{old_ms}-0"
