@@ -31,10 +31,17 @@ class Chat(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Pins and archive (issue 18): pinned chats come first in the list; archived ones leave it (still searchable).
+    pinned = models.BooleanField(default=False)
+    archived = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-updated_at", "-created_at"]
-        indexes = [models.Index(fields=["owner", "-updated_at"])]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"]),
+            # The chat list: one owner's chats, archived or not, pinned first, newest first.
+            models.Index(fields=["owner", "archived", "-pinned", "-updated_at"], name="chat_list_order"),
+        ]
 
     def __str__(self) -> str:
         return self.title or f"Chat {self.id}"

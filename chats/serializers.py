@@ -78,7 +78,7 @@ def validate_model_id(value: str) -> ModelConfig:
 
 
 class ChatSerializer(serializers.ModelSerializer):
-    """A chat as the API shows it; `title`, `modelId` and `workflowId` are writable."""
+    """A chat as the API shows it; `title`, `modelId`, `workflowId`, `pinned` and `archived` are writable."""
 
     modelId = serializers.CharField(source="model_id", required=False, allow_blank=True, max_length=100)
     workflowId = WorkflowField(source="workflow", required=False, allow_null=True)
@@ -87,7 +87,7 @@ class ChatSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Chat
-        fields = ["id", "title", "modelId", "workflowId", "createdAt", "updatedAt"]
+        fields = ["id", "title", "modelId", "workflowId", "createdAt", "updatedAt", "pinned", "archived"]
         read_only_fields = ["id"]
         extra_kwargs = {"title": {"required": False, "allow_blank": True}}
 

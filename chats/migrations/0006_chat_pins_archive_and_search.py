@@ -1,0 +1,62 @@
+# Pins and archive on chats, and the full-text search indexes (issue 18).
+
+from django.db import migrations, models
+
+# The exact expressions chats/search.py searches: an expression index serves only the same expression.
+PG_INDEXES = {
+    "chats_message_content_fts": "chats_message USING gin (to_tsvector('english'::regconfig, content))",
+    "chats_chat_title_fts": "chats_chat USING gin (to_tsvector('english'::regconfig, title))",
+}
+SQLITE_OBJECTS = [
+    "DROP TRIGGER IF EXISTS chats_search_message_insert",
+    "DROP TRIGGER IF EXISTS chats_search_message_update",
+    "DROP TRIGGER IF EXISTS chats_search_message_delete",
+    "DROP TRIGGER IF EXISTS chats_search_chat_insert",
+    "DROP TRIGGER IF EXISTS chats_search_chat_update",
+    "DROP TRIGGER IF EXISTS chats_search_chat_delete",
+    "DROP TABLE IF EXISTS chats_search",
+    "DROP TABLE IF EXISTS chats_search_key",
+]
+
+
+def create_search_indexes(apps, schema_editor):
+    # PostgreSQL: GIN indexes, built CONCURRENTLY so that a large install keeps writing meanwhile (hence the
+    # non-atomic migration). SQLite: the FTS5 index is made by chats.search.ensure_sqlite_index after migrate.
+    if schema_editor.connection.vendor == "postgresql":
+        for name, target in PG_INDEXES.items():
+            schema_editor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {target}")
+
+
+def drop_search_indexes(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        for name in PG_INDEXES:
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    elif schema_editor.connection.vendor == "sqlite":
+        for statement in SQLITE_OBJECTS:
+            schema_editor.execute(statement)
+
+
+class Migration(migrations.Migration):
+    atomic = False
+
+    dependencies = [
+        ("chats", "0005_message_attachments"),
+    ]
+
+    operations = [
+        migrations.AddField(
+            model_name="chat",
+            name="pinned",
+            field=models.BooleanField(default=False),
+        ),
+        migrations.AddField(
+            model_name="chat",
+            name="archived",
+            field=models.BooleanField(default=False),
+        ),
+        migrations.AddIndex(
+            model_name="chat",
+            index=models.Index(fields=["owner", "archived", "-pinned", "-updated_at"], name="chat_list_order"),
+        ),
+        migrations.RunPython(create_search_indexes, drop_search_indexes, atomic=False),
+    ]
