@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from chats.models import Chat, Message
@@ -121,7 +121,8 @@ def test_search_is_paginated(alice_client, alice):
     assert "page=2" in first["next"]
     third = alice_client.get(first["next"].replace("page=2", "page=3")).json()
     assert len(third["results"]) == 3 and third["next"] is None and "page=2" in third["previous"]
-    seen = {r["messageId"] for page in (1, 2, 3) for r in search(alice_client, "ferries", pageSize=10, page=page).json()["results"]}  # fmt: skip
+    pages = [search(alice_client, "ferries", pageSize=10, page=page).json()["results"] for page in (1, 2, 3)]
+    seen = {r["messageId"] for results in pages for r in results}
     assert len(seen) == 23
     beyond = search(alice_client, "ferries", pageSize=10, page=9).json()
     assert beyond["count"] == 23 and beyond["results"] == []
@@ -257,7 +258,9 @@ Message.objects.create(chat=old, role="user", content="An archived note about a 
 secret = Chat.objects.create(owner=bob, title="Bob's lighthouse secrets")
 Message.objects.create(chat=secret, role="user", content="bob secret lighthouse treasure", created_at=now)
 # A reply's text arrives in one UPDATE when it ends (the trigger on UPDATE OF content indexes it).
-actions.do_finish_reply(str(reply.id), status="completed", content="High tide at Portree is at 6:40, says the lighthouse keeper.")
+actions.do_finish_reply(
+    str(reply.id), status="completed", content="High tide at Portree is at 6:40, says the lighthouse keeper."
+)
 
 def search(user, **params):
     client = Client()
