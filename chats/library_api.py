@@ -208,6 +208,7 @@ class ChatExportView(APIView):
     content_negotiation_class = ExportNegotiation
 
     @extend_schema(
+        operation_id="chat_export",
         parameters=[OpenApiParameter("format", str, OpenApiParameter.QUERY, enum=["json", "markdown"])],
         responses={
             (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="chatsite's JSON export"),
@@ -231,6 +232,7 @@ class AllChatsExportView(APIView):
     content_negotiation_class = ExportNegotiation
 
     @extend_schema(
+        operation_id="chats_export_all",
         parameters=[OpenApiParameter("format", str, OpenApiParameter.QUERY, enum=["json"])],
         responses={(200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="chatsite's export")},
     )

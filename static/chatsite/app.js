@@ -4,6 +4,7 @@
 import { api, listAll, request } from "./api.js";
 import { readEvents } from "./sse.js";
 import { renderMarkdown } from "./markdown.js";
+import { setupLibrary } from "./library.js";
 
 const boot = JSON.parse(document.getElementById("boot").textContent);
 const $ = (id) => document.getElementById(id);
@@ -50,6 +51,17 @@ const STEP_LABELS = {
   generate: "Writing the answer",
 };
 const RESUME_ATTEMPTS = 5;
+// Search, pins, archive, export and import (library.js).
+const library = setupLibrary({
+  openChat: (chatId) => openChat(chatId),
+  reloadChats: () => loadChats(),
+  getChat: () => state.chat,
+  setChat: (chat) => {
+    state.chat = chat;
+  },
+  announce: (text) => announce(text),
+  closeSidebar: () => setSidebar(false),
+});
 
 // --- API -------------------------------------------------------------------------------------------------
 
@@ -60,7 +72,7 @@ function announce(text) {
 // --- Sidebar ---------------------------------------------------------------------------------------------
 
 async function loadChats() {
-  const page = await api("GET", "/api/chats");
+  const page = await api("GET", library.chatListPath());
   state.chats = page.results;
   renderChatList();
 }
@@ -73,6 +85,7 @@ function renderChatList() {
       link.href = `/c/${chat.id}`;
       link.textContent = chat.title || "Untitled chat";
       link.dataset.chatId = chat.id;
+      library.decorateChatLink(link, chat);
       if (state.chat && state.chat.id === chat.id) link.setAttribute("aria-current", "page");
       link.addEventListener("click", (event) => {
         event.preventDefault();
@@ -275,11 +288,12 @@ function scrollToEnd() {
 
 function renderSaved(message) {
   if (message.role === "user") {
-    addUserMessage(message.content, message.attachments || []);
+    addUserMessage(message.content, message.attachments || []).id = `message-${message.id}`;
     return null;
   }
   const view = new ReplyView();
   view.element.dataset.messageId = message.id;
+  view.element.id = `message-${message.id}`; // search results link here (#message-<id>)
   for (const call of message.toolCalls || []) view.tool(call);
   view.setText(message.content);
   view.sources(message.sources);
@@ -451,6 +465,7 @@ function addRegenerate() {
 function showChatControls(on) {
   ui.renameButton.disabled = !on;
   ui.deleteButton.disabled = !on;
+  library.showChat(on ? state.chat : null);
 }
 
 function newChat({ push } = {}) {
@@ -494,7 +509,7 @@ async function openChat(chatId, { push } = {}) {
       running = message;
     }
   }
-  scrollToEnd();
+  if (!library.focusMessageFromHash()) scrollToEnd();
   if (running) await attachRunning(chat.id, running.id);
   else addRegenerate();
 }
