@@ -38,6 +38,7 @@ from chats.importers import ImportFileError, read_import_file
 from chats.search import has_search_terms, search_chats
 
 MAX_SEARCH_PAGE_SIZE = 50
+MAX_SEARCH_PAGE = 10_000
 DEFAULT_SEARCH_PAGE_SIZE = 20
 # Room for the multipart framing around an uploaded import file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -132,13 +133,14 @@ class SearchView(APIView):
         responses={200: SEARCH_PAGE},
     )
     def get(self, request: Request) -> Response:
-        query = " ".join(request.query_params.get("q", "").split())
+        # NUL characters are no text to find (and PostgreSQL refuses them in a query).
+        query = " ".join(request.query_params.get("q", "").replace("\x00", " ").split())
         most = settings.CHATSITE_SEARCH_MAX_QUERY_CHARS
         if len(query) > most:
             raise BadRequest("query_too_long", f"The search is {len(query)} characters long; the most is {most}.")
         if not has_search_terms(query):
             raise BadRequest("empty_query", "Type a word or a phrase to search for.")
-        page = _positive_int(request, "page", 1)
+        page = _positive_int(request, "page", 1, MAX_SEARCH_PAGE)
         size = _positive_int(request, "pageSize", DEFAULT_SEARCH_PAGE_SIZE, MAX_SEARCH_PAGE_SIZE)
         archived = archived_filter(request, default=None)
         found = search_chats(request.user, query, archived=archived, page=page, page_size=size)

@@ -96,6 +96,8 @@ class Message(models.Model):
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Search (issue 18): on PostgreSQL the table also has `search_vector`, a stored generated tsvector of `content`
+    # that only SQL reads (migration 0006, chats/search.py); it is no field here, as SQLite has no to_tsvector.
 
     class Meta:
         ordering = ["created_at"]

