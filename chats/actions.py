@@ -36,10 +36,17 @@ def do_create_chat(
 
 
 def do_update_chat(chat: Chat, **changes: object) -> Chat:
-    """Change a chat's `title`, `model_id` or `workflow` (only the keys given)."""
+    """Change a chat's `title`, `model_id`, `workflow`, `pinned` or `archived` (only the keys given).
+
+    Pinning and archiving are not activity: a change of those alone leaves `updated_at` (the chat's place in
+    the list) as it was.
+    """
     for field, value in changes.items():
         setattr(chat, field, value)
-    chat.save(update_fields=[*changes.keys(), "updated_at"])
+    fields = list(changes)
+    if set(changes) - {"pinned", "archived"}:
+        fields.append("updated_at")
+    chat.save(update_fields=fields)
     return chat
 
 

@@ -22,6 +22,7 @@ from chats.auth import SessionAuthentication
 from chats.event_schema import sse_description
 from chats.exceptions import InvalidLastEventId
 from chats.fields import StrictCharField
+from chats.library_api import ARCHIVED_PARAMETER, archived_filter
 from chats.limits import check_send_limits
 from chats.models import ApiKey, Chat, Message
 from chats.serializers import (
@@ -109,12 +110,20 @@ class ModelListView(generics.ListAPIView):
 
 
 class ChatListView(generics.ListCreateAPIView):
-    """`GET /api/chats` (the caller's chats, newest first, paginated) and `POST /api/chats`."""
+    """`GET /api/chats` (the caller's chats: pinned first, then newest first, paginated; `?archived=true` lists
+    the archived ones instead, which are left out by default) and `POST /api/chats`."""
 
     serializer_class = ChatSerializer
 
+    @extend_schema(parameters=[ARCHIVED_PARAMETER])
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self):
-        return Chat.objects.filter(owner=self.request.user).order_by("-updated_at", "-created_at")
+        archived = archived_filter(self.request, default=False)
+        return Chat.objects.filter(owner=self.request.user, archived=archived).order_by(
+            "-pinned", "-updated_at", "-created_at"
+        )
 
     def perform_create(self, serializer: ChatSerializer) -> None:
         data = serializer.validated_data

@@ -40,10 +40,17 @@ class Chat(models.Model):
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.WEB)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Pins and archive (issue 18): pinned chats come first in the list; archived ones leave it (still searchable).
+    pinned = models.BooleanField(default=False)
+    archived = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-updated_at", "-created_at"]
-        indexes = [models.Index(fields=["owner", "-updated_at"])]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"]),
+            # The chat list: one owner's chats, archived or not, pinned first, newest first.
+            models.Index(fields=["owner", "archived", "-pinned", "-updated_at"], name="chat_list_order"),
+        ]
 
     def __str__(self) -> str:
         return self.title or f"Chat {self.id}"
@@ -101,6 +108,8 @@ class Message(models.Model):
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Search (issue 18): on PostgreSQL the table also has `search_vector`, a stored generated tsvector of `content`
+    # that only SQL reads (migration 0006, chats/search.py); it is no field here, as SQLite has no to_tsvector.
 
     class Meta:
         ordering = ["created_at"]

@@ -79,7 +79,7 @@ def validate_model_id(value: str) -> ModelConfig:
 
 
 class ChatSerializer(StrictModelSerializer):
-    """A chat as the API shows it; `title`, `modelId` and `workflowId` are writable."""
+    """A chat as the API shows it; `title`, `modelId`, `workflowId`, `pinned` and `archived` are writable."""
 
     modelId = StrictCharField(source="model_id", required=False, allow_blank=True, max_length=100)
     workflowId = WorkflowField(source="workflow", required=False, allow_null=True)
@@ -89,7 +89,7 @@ class ChatSerializer(StrictModelSerializer):
 
     class Meta:
         model = Chat
-        fields = ["id", "title", "modelId", "workflowId", "source", "createdAt", "updatedAt"]
+        fields = ["id", "title", "modelId", "workflowId", "source", "createdAt", "updatedAt", "pinned", "archived"]
         read_only_fields = ["id"]
         extra_kwargs = {"title": {"required": False, "allow_blank": True}}
 

@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from chats import api
+from chats import api, library_api
 from knowledge import api as knowledge_api
 from pipelines import api as pipelines_api
 
@@ -16,6 +16,11 @@ urlpatterns = [
     path("keys", api.ApiKeyListView.as_view(), name="api-keys"),
     path("keys/<str:key_id>", api.ApiKeyDetailView.as_view(), name="api-key"),
     path("chats", api.ChatListView.as_view(), name="api-chats"),
+    # Search, export and import (issue 18); before chats/<chat_id>, which would take "export" for an id.
+    path("search", library_api.SearchView.as_view(), name="api-search"),
+    path("chats/export", library_api.AllChatsExportView.as_view(), name="api-chats-export"),
+    path("chats/import", library_api.ChatImportView.as_view(), name="api-chats-import"),
+    path("chats/<str:chat_id>/export", library_api.ChatExportView.as_view(), name="api-chat-export"),
     path("chats/<str:chat_id>", api.ChatDetailView.as_view(), name="api-chat"),
     path("chats/<str:chat_id>/messages", api.MessageListView.as_view(), name="api-messages"),
     path("chats/<str:chat_id>/messages/stream", api.MessageStreamView.as_view(), name="api-message-stream"),

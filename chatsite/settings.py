@@ -263,6 +263,13 @@ CHATSITE_MAX_ATTACHMENTS = 20  # documents attached to one message (seed 002)
 # Largest request body, in bytes; larger ones get 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("CHATSITE_MAX_REQUEST_BYTES", default=1_048_576)
 
+# Search, export and import of chats (issue 18).
+CHATSITE_SEARCH_MAX_QUERY_CHARS = env.int("CHATSITE_SEARCH_MAX_QUERY_CHARS", default=200)
+CHATSITE_IMPORT_MAX_BYTES = env.int("CHATSITE_IMPORT_MAX_BYTES", default=20 * 1024 * 1024)  # one import file
+CHATSITE_IMPORT_MAX_CHATS = env.int("CHATSITE_IMPORT_MAX_CHATS", default=1000)  # chats in one file
+CHATSITE_IMPORT_MAX_MESSAGES = env.int("CHATSITE_IMPORT_MAX_MESSAGES", default=5000)  # messages in one chat
+CHATSITE_IMPORT_MAX_MESSAGE_CHARS = env.int("CHATSITE_IMPORT_MAX_MESSAGE_CHARS", default=200_000)  # one message
+
 # Abuse limits, checked before anything is written or enqueued.
 CHATSITE_SEND_RATE = env.str("CHATSITE_SEND_RATE", default="30/min")  # sends + regenerations per user
 CHATSITE_MAX_CONCURRENT_REPLIES = env.int("CHATSITE_MAX_CONCURRENT_REPLIES", default=3)  # per user

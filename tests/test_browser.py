@@ -534,7 +534,7 @@ def test_a_reply_with_remote_images_loads_none_from_hosts_not_allowed_and_shows_
 
     check()
     assert served == [f"https://{ALLOWED_IMAGE_HOST}/logo.png"]
-    shot(page, "19-remote-images.png")
+    shot(page, "22-remote-images.png")
     page.reload()  # the saved reply is rendered the same way
     page.wait_for_selector("body[data-ready=true]")
     page.evaluate(
@@ -569,3 +569,129 @@ def test_the_csp_lets_images_load_from_the_allowed_hosts_only(page, live_stack):
         [ALLOWED_IMAGE_HOST],
     )
     assert loaded == [True, False]
+
+
+# --- Search, pins, archive, export and import (issue 18) ---------------------------------------------------
+
+
+def test_search_finds_a_message_and_opens_it_scrolled_and_highlighted(page, carol):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    start = timezone.now() - timedelta(hours=2)
+
+    def add(chat, role, content, parent, minute):
+        return Message.objects.create(
+            chat=chat, role=role, content=content, parent=parent, created_at=start + timedelta(minutes=minute)
+        )
+
+    trip = Chat.objects.create(owner=carol, title='Harbour trip <img src=x onerror="window.__pwned=1">')
+    parent = None
+    for i in range(12):  # enough before and after the match that the page must scroll to it
+        parent = add(
+            trip, "user" if i % 2 == 0 else "assistant", f"Small talk number {i} about the weather.", parent, i
+        )
+    target = add(
+        trip, "assistant", 'The Raasay ferry leaves Sconser every hour. <img src=x onerror="window.__pwned=1">',
+        parent, 20,
+    )  # fmt: skip
+    parent = target
+    for i in range(12):
+        parent = add(trip, "user" if i % 2 == 0 else "assistant", f"More small talk {i}, about midges.", parent, 30 + i)
+    Chat.objects.create(owner=carol, title="Unrelated chat")
+    dave = User.objects.create_user("dave-search", password="x")
+    secret = Chat.objects.create(owner=dave, title="Dave's ferry plans")
+    add(secret, "user", "dave secret Raasay ferry timetable", None, 0)
+
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.get_by_label("Search chats").fill("raasay ferry")
+    results = page.get_by_role("region", name="Search results")
+    results.locator("li a").first.wait_for()
+    assert "1 match" in page.locator("#search-status").inner_text()
+    text = results.inner_text()
+    assert "Harbour trip" in text and "dave secret" not in text and "Dave's" not in text
+    first = results.locator("li a").first
+    assert {m.lower() for m in first.locator("mark").all_inner_texts()} == {"raasay", "ferry"}
+    assert first.locator(".result-title").inner_text() == trip.title  # shown as text, never as markup
+    assert first.locator(".result-snippet").inner_text() == "Raasay ferry leaves Sconser every hour"
+    assert results.locator("img").count() == 0 and page.evaluate("window.__pwned") is None
+    assert page.locator("#chat-nav").is_hidden()
+    shot(page, "19-search-results.png")
+
+    first.click()
+    page.wait_for_url(f"**/c/{trip.id}#message-{target.id}")
+    found = page.locator(f"#message-{target.id}")
+    found.wait_for()
+    assert "search-hit" in found.get_attribute("class")
+    assert page.locator("#chat-title").inner_text() == trip.title
+    box, pane = found.bounding_box(), page.locator("#messages").bounding_box()
+    assert pane["y"] <= box["y"] and box["y"] + box["height"] <= pane["y"] + pane["height"], (box, pane)
+    assert page.evaluate("window.__pwned") is None
+    shot(page, "20-search-opened.png")
+
+    page.get_by_label("Search chats").fill("")
+    page.get_by_label("Search chats").press("Enter")
+    assert page.locator("#chat-nav").is_visible() and results.is_hidden()
+
+
+def test_pin_archive_export_and_import_from_the_page(page, carol, tmp_path):
+    import json
+
+    from django.utils import timezone
+
+    older = Chat.objects.create(owner=carol, title="Older chat")
+    Message.objects.create(chat=older, role="user", content="An older question.", created_at=timezone.now())
+    newer = Chat.objects.create(owner=carol, title="Newer chat")
+    Message.objects.create(chat=newer, role="user", content="A newer question.", created_at=timezone.now())
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    links = page.locator("#chat-list a")
+    assert links.all_inner_texts() == ["Newer chat", "Older chat"]
+
+    links.nth(1).click()
+    page.get_by_role("button", name="Pin").click()
+    page.wait_for_selector("#chat-list a:first-child:has-text('Older chat')")
+    assert links.first.locator(".pin").inner_text() == "Pinned"
+    assert page.get_by_role("button", name="Unpin").get_attribute("aria-pressed") == "true"
+    older.refresh_from_db()
+    assert older.pinned
+
+    page.locator("#export-menu summary").click()
+    with page.expect_download() as json_download:
+        page.get_by_role("link", name="JSON (every branch)").click()
+    exported = tmp_path / "older.json"
+    json_download.value.save_as(exported)
+    assert json_download.value.suggested_filename.startswith("chatsite-older-chat-")
+    document = json.loads(exported.read_text())
+    assert document["chats"][0]["title"] == "Older chat" and document["chats"][0]["pinned"] is True
+    page.locator("#export-menu summary").click()
+    with page.expect_download() as markdown_download:
+        page.get_by_role("link", name="Markdown (this branch)").click()
+    assert markdown_download.value.suggested_filename.endswith(".md")
+    assert "An older question." in Path(markdown_download.value.path()).read_text()
+
+    page.get_by_role("button", name="Archive", exact=True).click()
+    page.wait_for_selector("#chat-list a:has-text('Older chat')", state="detached")
+    assert links.all_inner_texts() == ["Newer chat"]
+    page.get_by_role("button", name="Archived", exact=True).click()
+    page.wait_for_selector("#chat-list a:has-text('Older chat')")
+    assert page.locator("#list-heading").is_visible() and links.count() == 1
+    page.get_by_role("button", name="Archived", exact=True).click()
+    page.wait_for_selector("#chat-list a:has-text('Older chat')", state="detached")
+
+    with page.expect_download() as all_download:
+        page.get_by_role("link", name="Export all").click()
+    everything = json.loads(Path(all_download.value.path()).read_text())
+    assert {c["title"] for c in everything["chats"]} == {"Older chat", "Newer chat"}
+
+    page.locator("#import-file").set_input_files(str(exported))
+    report = page.get_by_role("dialog", name="Import")
+    report.wait_for()
+    assert report.locator("#import-summary").inner_text() == "Imported 1 chat (1 message) from a chatsite export."
+    shot(page, "21-import-report.png")
+    report.get_by_role("button", name="Close").click()
+    assert report.is_hidden()
+    assert Chat.objects.filter(owner=carol, title="Older chat").count() == 2
+    page.wait_for_selector("#chat-list a:has-text('Older chat')")  # the copy is pinned, not archived

@@ -36,6 +36,10 @@ MATRIX = {
     "api/keys": {"GET": (200, 200, 200, 401), "POST": (400, 400, 400, 401)},
     "api/keys/<str:key_id>": {"DELETE": (204, 403, 403, 401)},
     "api/chats": {"GET": (200, 200, 200, 401), "POST": (201, 201, 201, 401)},
+    "api/search": {"GET": (200, 200, 200, 401)},  # q: alice's secret words
+    "api/chats/export": {"GET": (200, 200, 200, 401)},  # each user's own chats only (test_chat_transfer.py)
+    "api/chats/import": {"POST": (400, 400, 400, 401)},  # an empty JSON object: no known format
+    "api/chats/<str:chat_id>/export": {"GET": (200, 403, 403, 401)},
     "api/chats/<str:chat_id>": {
         "GET": (200, 403, 403, 401),
         "PATCH": (200, 403, 403, 401),
@@ -76,6 +80,7 @@ MATRIX = {
     "api/v1/workspaces/<str:workspace>/pipelines/<str:pipeline>/chat-stream": {"POST": (400, 404, 404, 401)},
 }
 BODIES = {
+    ("api/search", "GET"): {"q": "alice secret"},
     ("api/chats", "POST"): {"title": "new"},
     ("api/chats/<str:chat_id>", "PATCH"): {"title": "renamed"},
     ("api/workflows/<str:workflow_id>", "PATCH"): {"name": "renamed"},

@@ -4,6 +4,7 @@
 import { api, listAll, request } from "./api.js";
 import { readEvents } from "./sse.js";
 import { allowImageHosts, renderMarkdown } from "./markdown.js";
+import { setupLibrary } from "./library.js";
 
 const boot = JSON.parse(document.getElementById("boot").textContent);
 allowImageHosts(boot.imageHosts);
@@ -51,6 +52,17 @@ const STEP_LABELS = {
   generate: "Writing the answer",
 };
 const RESUME_ATTEMPTS = 5;
+// Search, pins, archive, export and import (library.js).
+const library = setupLibrary({
+  openChat: (chatId) => openChat(chatId),
+  reloadChats: () => loadChats(),
+  getChat: () => state.chat,
+  setChat: (chat) => {
+    state.chat = chat;
+  },
+  announce: (text) => announce(text),
+  closeSidebar: () => setSidebar(false),
+});
 
 // --- API -------------------------------------------------------------------------------------------------
 
@@ -58,10 +70,16 @@ function announce(text) {
   ui.announce.textContent = text;
 }
 
+const SOURCE_NAMES = {
+  openai: "OpenAI-compatible API",
+  rag_stream: "RAG chat stream API",
+  search_session: "search session API",
+};
+
 // --- Sidebar ---------------------------------------------------------------------------------------------
 
 async function loadChats() {
-  const page = await api("GET", "/api/chats");
+  const page = await api("GET", library.chatListPath());
   state.chats = page.results;
   renderChatList();
 }
@@ -74,14 +92,15 @@ function renderChatList() {
       link.href = `/c/${chat.id}`;
       link.textContent = chat.title || "Untitled chat";
       link.dataset.chatId = chat.id;
-      if (chat.source === "openai") {
-        // Started by a program through the OpenAI-compatible API.
+      if (chat.source && chat.source !== "web") {
+        // Started by a program through another protocol (the OpenAI API, seed 002 or seed 003).
         const badge = document.createElement("span");
         badge.className = "source-badge";
         badge.textContent = "API";
-        badge.title = "Started through the OpenAI-compatible API";
+        badge.title = `Started through the ${SOURCE_NAMES[chat.source] || "API"}`;
         link.prepend(badge);
       }
+      library.decorateChatLink(link, chat);
       if (state.chat && state.chat.id === chat.id) link.setAttribute("aria-current", "page");
       link.addEventListener("click", (event) => {
         event.preventDefault();
@@ -298,7 +317,7 @@ function scrollToEnd() {
 
 function renderSaved(message) {
   if (message.role === "user") {
-    addUserMessage(message.content, message.attachments || []);
+    addUserMessage(message.content, message.attachments || []).id = `message-${message.id}`;
     return null;
   }
   if (message.role === "system") {
@@ -308,6 +327,7 @@ function renderSaved(message) {
   }
   const view = new ReplyView();
   view.element.dataset.messageId = message.id;
+  view.element.id = `message-${message.id}`; // search results link here (#message-<id>)
   for (const call of message.toolCalls || []) view.tool(call);
   view.setText(message.content);
   view.sources(message.sources);
@@ -483,6 +503,7 @@ function addRegenerate() {
 function showChatControls(on) {
   ui.renameButton.disabled = !on;
   ui.deleteButton.disabled = !on;
+  library.showChat(on ? state.chat : null);
 }
 
 function newChat({ push } = {}) {
@@ -526,7 +547,7 @@ async function openChat(chatId, { push } = {}) {
       running = message;
     }
   }
-  scrollToEnd();
+  if (!library.focusMessageFromHash()) scrollToEnd();
   if (running) await attachRunning(chat.id, running.id);
   else addRegenerate();
 }
