@@ -305,6 +305,8 @@ def do_end_reply_from_stream(
         from_statuses=from_statuses,
     ):  # fmt: skip
         return False
+    reason = (error or {}).get("code", finish_reason)
+    logger.info("reply %s: %s (%s), ended from its stream", message_id, status, reason)
     message = Message.objects.get(id=message_id)
     if not stream.started:
         from pipelines.runner import start_event_for

@@ -53,13 +53,16 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None) -> str |
         if message is None:
             return None
     else:
+        logger.info("reply %s: claimed", message_id)
         # A reply the watchdog queued again (its worker died before any text) already has its `start`.
         stream = events.snapshot(message_id)
         if stream.started:
             publisher.continue_after(message_id, stream.last_id)
             start_published = True
     with Heartbeat(message_id):
-        return _generate(message, publisher, start_published)
+        status = _generate(message, publisher, start_published)
+    logger.info("reply %s: %s", message_id, status or "ended elsewhere")
+    return status
 
 
 def take_over_reply(message_id: str, publisher: EventPublisher) -> tuple[Message | None, bool]:
@@ -79,10 +82,12 @@ def take_over_reply(message_id: str, publisher: EventPublisher) -> tuple[Message
         time.sleep(0.2)
     stream = events.snapshot(message_id)
     if stream.ended:
+        logger.info("reply %s: its stream has ended; nothing to do", message_id)
         return None, False
     if stream.has_content:
         # Some of it reached readers already: generating it again would show them a different reply.
-        do_end_lost_reply(message_id)
+        if do_end_lost_reply(message_id):
+            logger.warning("reply %s: its worker died after content went out; ended as worker_lost", message_id)
         return None, False
     message = do_reclaim_reply(message_id, row.started_at)
     if message is None:
