@@ -188,7 +188,9 @@ def _database_error(connector: Connector, exc: psycopg.Error) -> ConnectorError:
     return ConnectorError("sql_error", f"The database could not run the query: {said}.")
 
 
-def run_read_query(connector: Connector, sql: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_read_query(
+    connector: Connector, sql: str, params: dict[str, Any] | None = None, *, timeout_ms: int | None = None
+) -> dict[str, Any]:
     """Run one read query on the connector's database and return its rows, JSON-safe.
 
     The query is checked by `check_read_query` first, then run on a fresh connection (closed afterwards,
@@ -202,6 +204,8 @@ def run_read_query(connector: Connector, sql: str, params: dict[str, Any] | None
         sql (str): one SELECT; it may use psycopg placeholders such as `%(text)s`.
         params (dict | None): values for the placeholders, bound by psycopg (never formatted into the text).
             When given, a literal `%` in the query must be written `%%` (psycopg's rule).
+        timeout_ms (int | None): milliseconds the query may run, when less than the connector's own
+            `statement_timeout_ms` (a reply's time left); None: the connector's.
 
     Returns:
         dict: `{"columns": [str], "rows": [[value]], "rowCount": int, "truncated": bool}`, where `rowCount`
@@ -229,8 +233,8 @@ def run_read_query(connector: Connector, sql: str, params: dict[str, Any] | None
         with conn.cursor() as setup:
             # set_config(..., true) is SET LOCAL: it ends with the transaction, and unlike SET it takes a
             # bound parameter. PostgreSQL reads 0 as "no limit", so never send it.
-            timeout_ms = max(1, int(connector.statement_timeout_ms))
-            setup.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),))
+            limit_ms = max(1, int(min(connector.statement_timeout_ms, timeout_ms or connector.statement_timeout_ms)))
+            setup.execute("SELECT set_config('statement_timeout', %s, true)", (str(limit_ms),))
         # A server-side cursor fetches only the rows asked for (not the whole result), and DECLARE refuses
         # anything but one SELECT or VALUES, and any data-modifying WITH.
         with conn.cursor(name=_CURSOR_NAME) as cursor:
