@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -409,6 +410,7 @@ async def chaos(args: argparse.Namespace) -> dict:
             for m in Message.objects.filter(role="assistant").values(*fields)
         }
         statuses = [m["status"] for m in messages.values()]
+        failed_codes = [(m["error"] or {}).get("code") for m in messages.values() if m["status"] == "failed"]
         totals, broken = score(clients, stack.redis(), stack.key_prefix, messages)
         figures = {
             "replies": args.replies,
@@ -416,6 +418,7 @@ async def chaos(args: argparse.Namespace) -> dict:
             "completed": statuses.count("completed"),
             "cancelled": statuses.count("cancelled"),
             "failed": statuses.count("failed"),
+            "failed_by_error": dict(collections.Counter(failed_codes)),
             **totals,
             "replies_not_terminal": sum(1 for s in statuses if s in active),
             "client_errors": sum(1 for c in clients if c.error),

@@ -74,7 +74,8 @@ def main() -> int:
             counts = " ".join(f"{SHORT[k]}={figures.get(k, 0)}" for k in FIGURES)
             print(
                 f"run {run}: {counts} | completed={figures['completed']} cancelled={figures['cancelled']} "
-                f"failed={figures['failed']} redis_down={figures['redis_restart_seconds']}s "
+                f"failed={figures['failed']} {figures.get('failed_by_error', {})} "
+                f"redis_down={figures['redis_restart_seconds']}s "
                 f"({seconds:.0f} s){'  report: ' + figures['failure_report'] if 'failure_report' in figures else ''}",
                 flush=True,
             )

@@ -103,17 +103,22 @@ def _waiting_replies():
 def choose(message_id: str) -> Choice:
     """Which queued reply should take the slot that a delivery of `message_id` holds (see the module docstring).
 
-    `message_id` is expected to be queued; if it is not among the waiting replies, it is answered as is.
+    The head of the fair order: with one user waiting, that user's oldest reply (two small queries); with more,
+    the order is computed over the waiting replies. `message_id` is expected to be queued; if it is not among
+    the waiting replies, it is answered as is.
     """
     owners = list(_waiting_replies().order_by().values_list("chat__owner_id", flat=True).distinct()[:2])
     if len(owners) < 2:
-        return Choice(message_id)
+        oldest = _waiting_replies().order_by("created_at").values_list("id", flat=True).first()
+        if oldest is None or str(oldest) == message_id:
+            return Choice(message_id)
+        # The same user's older reply goes first (its own delivery was queued again): no one else is waiting.
+        return Choice(str(oldest), passed_over=message_id)
     waiting = list(
         _waiting_replies().order_by("created_at").values_list("id", "chat__owner_id", "created_at")[:ORDER_LIMIT]
     )
     waiting = [(str(m), owner, created) for m, owner, created in waiting]
-    mine = next((owner for m, owner, _ in waiting if m == message_id), None)
-    if mine is None:
+    if message_id not in {m for m, _, _ in waiting}:
         return Choice(message_id)
     owner_ids = {owner for _, owner, _ in waiting}
     running = dict(
@@ -133,17 +138,15 @@ def choose(message_id: str) -> Choice:
             value = None
         if value is not None:
             served[owner] = int(value)
-    order = fair_order(waiting, running, served)
-    head_id, head_owner = order[0]
-    if head_owner == mine:
-        # The asking user's turn: its own delivery runs (a user's replies keep the order the queue gives them).
+    order = [m for m, _ in fair_order(waiting, running, served)]
+    if order[0] == message_id:
         return Choice(message_id)
-    position = [m for m, _ in order].index(message_id) - 1  # the head starts now
-    return Choice(head_id, passed_over=message_id, position=max(0, position))
+    return Choice(order[0], passed_over=message_id, position=order.index(message_id) - 1)
 
 
 def defer(message_id: str, position: int | None) -> None:
-    """Tell the readers of the passed-over reply `message_id` that it waits, and queue it again at the back.
+    """Tell the readers of the passed-over reply `message_id` that it waits (when `position` is known), and queue
+    it again at the back.
 
     Writes `start` (when the stream is still empty) and `queued` as the admission's writer for a reply still
     waiting (`chats.fencing.waiting_token`), so nothing is written once a worker has claimed it or it ended.
@@ -155,6 +158,9 @@ def defer(message_id: str, position: int | None) -> None:
     message = Message.objects.filter(id=message_id, status=Message.Status.QUEUED).first()
     if message is None:
         return  # claimed or ended meanwhile: its own delivery, or its end, took care of it
+    if position is None:
+        enqueue_reply(message_id)
+        return
     try:
         fence = (fencing.fence_key(message_id), fencing.waiting_token(message.attempts))
         key = events.stream_key(message_id)
@@ -165,9 +171,8 @@ def defer(message_id: str, position: int | None) -> None:
         bus = events.bus()
         bus.append(key, {"type": start["type"], "data": events.encode(start)}, entry_id=start_id, maxlen=maxlen,
                    fence=fence)  # fmt: skip
-        if position is not None:
-            event = queued_event(position)
-            bus.append(key, {"type": QUEUED, "data": events.encode(event)}, maxlen=maxlen, fence=fence)
+        event = queued_event(position)
+        bus.append(key, {"type": QUEUED, "data": events.encode(event)}, maxlen=maxlen, fence=fence)
     except Exception:
         logger.warning("admission: could not publish the queued event of reply %s", message_id, exc_info=True)
     logger.info("reply %s: waits behind other users' replies (position %s); queued again", message_id, position)
