@@ -370,7 +370,33 @@ def do_end_reply_from_stream(
             prompt_tokens=message.prompt_tokens or 0,
             completion_tokens=message.completion_tokens or 0,
         )
-    events.publish_once(message_id, terminal)
+    fencing.publish_terminal(message_id, terminal)
+    return True
+
+
+def do_publish_saved_terminal(message_id: str) -> bool:
+    """Give a reply that ended in the database the terminal event its stream lacks (its writer stopped between
+    the save and the publish: a SIGKILL, a time limit). Nothing when the stream already holds one (at most one
+    ever lands, `chats.fencing`), when the reply has not ended, or when its stream is gone (readers then replay
+    it from the database).
+
+    Returns True if this call published it.
+
+    Raises:
+        redis.RedisError: when Redis cannot be reached.
+    """
+    if fencing.is_closed(message_id):
+        return False
+    message = Message.objects.filter(id=message_id).first()
+    if message is None or message.status not in Message.TERMINAL_STATUSES:
+        return False
+    if events.bus().newest(events.stream_key(message_id)) is None:
+        return False
+    from chats.streaming import terminal_event_from_db
+
+    if fencing.publish_terminal(message_id, terminal_event_from_db(message)) is None:
+        return False
+    logger.warning("reply %s: ended as %s, its terminal event published from the saved row", message_id, message.status)
     return True
 
 

@@ -54,9 +54,10 @@ class EventBus(ABC):
 
         `expire_seconds` gives the whole stream a lifetime from now. `fence` is `(key, token)`: the entry is
         refused when the number stored at `key` (see `raise_floor`) is at least `token`, in the same atomic
-        step (chats.fencing). Returns `(entry_id, flag_set)`: the id is None when the entry was refused (an
-        `entry_id` not above the stream's last entry, or the fence); `flag_set` tells whether the flag
-        `check_flag` exists (checked in the same round trip).
+        step; an entry written with the token `CLOSED` sets that number to `CLOSED` (chats.fencing: a stream's
+        terminal event, so a second one is refused). Returns `(entry_id, flag_set)`: the id is None when the
+        entry was refused (an `entry_id` not above the stream's last entry, or the fence); `flag_set` tells
+        whether the flag `check_flag` exists (checked in the same round trip).
         """
 
     @abstractmethod
@@ -96,6 +97,10 @@ class EventBus(ABC):
         """Wait up to `block_seconds` for entries after the id `after`; return up to `count` (maybe none)."""
 
 
+# The fence token of a stream's terminal event (chats.fencing): above every writer's, so that once a terminal
+# event is in, nothing more is appended, not even a second terminal event.
+CLOSED = 2**52
+
 # XADD, and in the same atomic step PUBLISH the new entry on the channel named like the stream, so that readers
 # that follow many streams (chats.events.StreamMux) learn of each entry without polling or re-issuing a
 # blocking XREAD over every stream they follow. The message is the entry id, then the fields' names and values,
@@ -103,7 +108,8 @@ class EventBus(ABC):
 # is reported (or '' for none), then optionally a fence key. ARGV: the entry id (or `*`), MAXLEN (approximate),
 # the expiry in seconds (or ''), the writer's fence token (or ''), then field names and values. Returns
 # {entry id, flag}; the id is nil when the id asked for is not above the stream's last, or when the number at
-# the fence key is at least the token (chats.fencing).
+# the fence key is at least the token (chats.fencing). An entry written with the token CLOSED sets the fence
+# key to CLOSED (with the stream's expiry).
 APPEND_SCRIPT = """
 local xadd = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[1]}
 local message = {}
@@ -123,9 +129,13 @@ if type(id) == 'table' and id.err then
   return id
 end
 if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+if #KEYS > 2 and ARGV[4] == 'CLOSED_TOKEN' then
+  redis.call('SET', KEYS[3], ARGV[4])
+  if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
+end
 redis.call('PUBLISH', KEYS[1], id .. '\\0' .. table.concat(message, '\\0'))
 return {id, flag}
-"""
+""".replace("CLOSED_TOKEN", str(CLOSED))
 
 # SET the number at KEYS[1] to ARGV[1] unless it is already at least that; PEXPIRE it ARGV[2] ms. Returns the number.
 RAISE_FLOOR_SCRIPT = """
@@ -256,6 +266,8 @@ class MemoryBus(EventBus):
                 del target.entries[: len(target.entries) - maxlen]
             if expire_seconds is not None:
                 target.expires_at = time.monotonic() + expire_seconds
+            if fence is not None and fence[1] == CLOSED:
+                self._flags[fence[0]] = (str(CLOSED), time.monotonic() + (expire_seconds or 3600))
             for loop, event in list(target.waiters):
                 loop.call_soon_threadsafe(event.set)
             return new_id, flag_set

@@ -21,8 +21,12 @@ written to too:
   `n`, `2n + 1` for one still queued) before it reads the stream, so no text lands between that read and its
   terminal event.
 
-Terminal events are not fenced: the database row decides who ends a reply (one conditional UPDATE wins), and only
-the winner publishes one.
+Terminal events pass every writer's fence: the database row decides who ends a reply (one conditional UPDATE
+wins), and only the winner publishes one. A terminal event closes the fence (`CLOSED`) in the same atomic step, so
+nothing is appended after it, and a second terminal event (a retry whose first try landed during a Redis restart,
+or a recovery racing the winner) is refused: a stream holds at most one. A reply saved as ended whose terminal
+event never made it to its stream (its worker stopped between the save and the publish) gets it from the saved
+row (`chats.actions.do_publish_saved_terminal`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 from django.conf import settings
 
 from chats import events
+from chats.bus import CLOSED
 
 
 def fence_key(message_id: str) -> str:
@@ -69,8 +74,36 @@ def fence_out(message_id: str, status: str, attempts: int) -> int:
     return raise_fence(message_id, token)
 
 
+def is_closed(message_id: str) -> bool:
+    """Whether the reply's stream holds its terminal event (its fence is closed).
+
+    Raises:
+        redis.RedisError: when Redis cannot be reached.
+    """
+    value = events.bus().flag(fence_key(message_id))
+    return value is not None and int(value) >= CLOSED
+
+
+def publish_terminal(message_id: str, event: events.Event) -> str | None:
+    """Append a reply's terminal event (ids chosen by the bus) unless its stream already has one; give the stream
+    its expiry. Returns the entry id, or None when a terminal event was already there.
+
+    Raises:
+        redis.RedisError: when Redis cannot be reached.
+    """
+    entry_id, _ = events.bus().append(
+        events.stream_key(message_id),
+        {"type": event["type"], "data": events.encode(event)},
+        maxlen=settings.CHATSITE_STREAM_MAXLEN,
+        expire_seconds=settings.CHATSITE_STREAM_TTL_SECONDS,
+        fence=(fence_key(message_id), CLOSED),
+    )
+    return entry_id
+
+
 class FencedBus:
-    """An event bus through which one writer's non-terminal appends carry its token (see the module's docstring).
+    """An event bus through which one writer's appends carry its token, and its terminal event `CLOSED` (see the
+    module's docstring).
 
     Wraps any `chats.bus.EventBus`; streams with no token registered are written as by the bus itself. Give it
     to `chats.events.EventPublisher` as its bus.
@@ -85,10 +118,11 @@ class FencedBus:
         self._fences[events.stream_key(message_id)] = (fence_key(message_id), token)
 
     def append(self, stream: str, fields: dict[str, str], **kwargs: Any) -> tuple[str | None, bool]:
-        """`EventBus.append`, with this writer's fence for non-terminal events."""
+        """`EventBus.append`, with this writer's fence."""
         fence = self._fences.get(stream)
-        if fence is not None and fields.get("type") not in events.TERMINAL_TYPES:
-            kwargs["fence"] = fence
+        if fence is not None:
+            terminal = fields.get("type") in events.TERMINAL_TYPES
+            kwargs["fence"] = (fence[0], CLOSED) if terminal else fence
         return self.bus.append(stream, fields, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

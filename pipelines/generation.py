@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
 from chats import events
 from chats.actions import do_finish_reply
@@ -56,6 +56,14 @@ class Cancelled(Exception):
 
 class BudgetExceeded(Exception):
     """The reply used up its time budget (CHATSITE_REPLY_TIME_BUDGET_SECONDS)."""
+
+
+def replace_broken_connections() -> None:
+    """Close this thread's database connections that had errors and no longer work (killed server-side, or left
+    mid-query by a time limit), so that the next query opens (or takes from the pool) a fresh one; give the others
+    back. Nothing inside a transaction (the caller's to roll back)."""
+    if not connection.in_atomic_block:
+        close_old_connections()
 
 
 def branch_history(message: Message) -> list[Message]:
@@ -339,13 +347,15 @@ class ReplyGeneration:
                 False,
             )
         except SoftTimeLimitExceeded:
+            # It may have interrupted a database call mid-way: save the outcome on a fresh connection.
+            replace_broken_connections()
             self._step_failed(explicit, kind, step_index)
             return self._fail("timeout", "The reply took too long and was stopped.", True)
         except Exception as exc:
             logger.exception("reply %s failed", self.message_id)
             if isinstance(exc, DatabaseError):
                 # The connection may be broken (killed server-side): save the outcome on a fresh one.
-                close_old_connections()
+                replace_broken_connections()
             self._step_failed(explicit, kind, step_index)
             return self._fail(
                 "internal_error", "The reply could not be generated because of an error on our side.", True

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.utils import timezone
 
 from chats import events, fencing
@@ -30,6 +30,7 @@ from chats.actions import (
     do_end_failed_reply,
     do_end_lost_reply,
     do_end_reply_from_stream,
+    do_publish_saved_terminal,
     do_reclaim_reply,
     do_requeue_reply,
     enqueue_reply,
@@ -37,7 +38,7 @@ from chats.actions import (
 from chats.events import EventPublisher, Heartbeat, StreamClosed
 from chats.models import Message
 from pipelines import admission
-from pipelines.generation import ReplyGeneration, branch_history, build_prompt
+from pipelines.generation import ReplyGeneration, branch_history, build_prompt, replace_broken_connections
 
 __all__ = ["branch_history", "build_prompt", "end_lost_replies", "fail_unstarted_reply", "run_reply"]
 
@@ -76,6 +77,8 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None, *, redel
         elif row["status"] == Message.Status.STREAMING:
             message, start_published = take_over_reply(message_id, publisher, redelivered=redelivered, held=held)
         else:
+            if redelivered and do_publish_saved_terminal(message_id):
+                return None  # its worker died between saving the outcome and publishing its terminal event
             logger.info("reply %s is %s; nothing to do", message_id, row["status"])
             return None
         if message is None:
@@ -84,6 +87,10 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None, *, redel
         with Heartbeat(held.message_id):
             status = _generate(message, publisher, start_published)
         logger.info("reply %s: %s", held.message_id, status or "ended elsewhere")
+        if status is None:
+            # Ended elsewhere, or saved here but interrupted before its terminal event (a time limit): make sure
+            # the stream gets the saved outcome's.
+            do_publish_saved_terminal(held.message_id)
         return status
     except Exception:
         logger.exception("reply %s: the worker failed", held.message_id)
@@ -147,6 +154,9 @@ def take_over_reply(
     """
     row = Message.objects.filter(id=message_id).values("status", "started_at", "attempts").first()
     if row is None or row["status"] != Message.Status.STREAMING:
+        if redelivered and do_publish_saved_terminal(message_id):
+            # Its worker died between saving the outcome and publishing its terminal event.
+            return None, False
         logger.info("reply %s is not queued; nothing to do", message_id)
         return None, False
     if redelivered:
@@ -200,12 +210,14 @@ def end_crashed_reply(message_id: str, attempt: int | None) -> str | None:
     statuses = (Message.Status.STREAMING,) if attempt is not None else (Message.Status.QUEUED,)
     for pause in (0.0, 0.5, 1.5):
         time.sleep(pause)
-        close_old_connections()  # a connection with errors is closed (the pool replaces it), others go back
+        replace_broken_connections()
         try:
             if do_end_reply_from_stream(
                 message_id, status=Message.Status.FAILED, error=INTERNAL_ERROR, from_statuses=statuses, attempt=attempt
             ):
                 return Message.Status.FAILED
+            # Already ended: maybe by this worker, whose save went through before the exception.
+            do_publish_saved_terminal(message_id)
             return None
         except DatabaseError:
             logger.warning("reply %s: could not save its failure yet", message_id, exc_info=True)

@@ -203,6 +203,49 @@ def test_a_worker_taken_over_can_neither_write_nor_save(alice_chat, scripted_mod
     assert types(reply.id).count("start") == 1 and types(reply.id).count("end") == 1
 
 
+def test_a_stream_takes_one_terminal_event_only(alice_chat, scripted_model):
+    reply = send(alice_chat, scripted_model)
+    first = fencing.publish_terminal(str(reply.id), {"type": "error", "error": "x", "message": "x", "retryable": True})
+    # A retry whose first try landed (a Redis restart lost the answer), or a recovery racing the winner.
+    again = fencing.publish_terminal(str(reply.id), {"type": "end", "messageId": str(reply.id)})
+    assert first and again is None and types(reply.id) == ["error"] and fencing.is_closed(str(reply.id))
+    # Nor does anything come after it.
+    late = EventPublisher()
+    fencing.fenced(late).write_as(str(reply.id), fencing.worker_token(5))
+    with pytest.raises(StreamClosed):
+        late.publish(str(reply.id), {"type": "content", "delta": "late"})
+
+
+def test_a_worker_stopped_between_its_save_and_its_end_event_still_gets_the_end_into_the_stream(
+    alice_chat, scripted_model
+):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    class TimeLimitBeforeTheEnd(EventPublisher):
+        def publish(self, message_id, event):
+            if event["type"] == "end":
+                raise SoftTimeLimitExceeded  # the row is saved as completed; the end event is not out
+            return super().publish(message_id, event)
+
+    reply = send(alice_chat, scripted_model)
+    run_reply(str(reply.id), TimeLimitBeforeTheEnd())
+    reply.refresh_from_db()
+    events = [e for _, e in stream(reply.id)]
+    assert [e["type"] for e in events] == ["start", "content", "content", "content", "content", "end"]
+    assert reply.status == "completed" and events[-1]["finishReason"] == "stop"
+    assert reply.content == snapshot(str(reply.id)).text
+
+
+def test_a_redelivery_after_a_worker_died_between_its_save_and_its_end_event_publishes_the_saved_end(
+    alice_chat, scripted_model
+):
+    reply = as_streaming(send(alice_chat, scripted_model), attempts=1)
+    assert actions.do_finish_reply(str(reply.id), status="completed", content="", finish_reason="stop", attempt=1)
+    assert run_reply(str(reply.id), redelivered=True) is None
+    assert run_reply(str(reply.id), redelivered=True) is None
+    assert types(reply.id) == ["start", "end"]
+
+
 # --- exceptions that escape a reply --------------------------------------------------------------------------
 
 
