@@ -360,7 +360,7 @@ def do_end_reply_from_stream(
     if not stream.started:
         from pipelines.runner import start_event_for
 
-        events.publish_once(message_id, start_event_for(message))
+        fencing.publish_before_terminal(message_id, start_event_for(message))
     if error is not None:
         terminal = events.error_event(code=error["code"], message=error["message"], retryable=error["retryable"])
     else:

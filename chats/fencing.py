@@ -101,6 +101,22 @@ def publish_terminal(message_id: str, event: events.Event) -> str | None:
     return entry_id
 
 
+def publish_before_terminal(message_id: str, event: events.Event) -> str | None:
+    """Append a non-terminal event for whoever is about to end the reply (the `start` of a reply ended before it
+    began): past every writer's fence, but never after a terminal event. Returns the entry id, or None.
+
+    Raises:
+        redis.RedisError: when Redis cannot be reached.
+    """
+    entry_id, _ = events.bus().append(
+        events.stream_key(message_id),
+        {"type": event["type"], "data": events.encode(event)},
+        maxlen=settings.CHATSITE_STREAM_MAXLEN,
+        fence=(fence_key(message_id), CLOSED - 1),
+    )
+    return entry_id
+
+
 class FencedBus:
     """An event bus through which one writer's appends carry its token, and its terminal event `CLOSED` (see the
     module's docstring).
