@@ -17,7 +17,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 export CHATSITE_DEMO_CONNECTOR_URL ?= postgres://chatsite_demo_reader@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev pgvector chaos bench bench-retrieval clean
+.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-retrieval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,12 @@ format: install-dev
 # The chaos test of the reply lifecycle at full size (120 replies); prints its figures (bench/chaos.py).
 chaos: install-dev
 	$(BIN)/python bench/chaos.py
+
+# The chaos test CHAOS_RUNS times in a row (default 20) with a CPU-bound process beside it; prints each run's
+# figures and a final line, and fails if any run lost, duplicated or changed anything (bench/chaos_soak.py).
+CHAOS_RUNS ?= 20
+chaos-soak: install-dev
+	CHAOS_RUNS=$(CHAOS_RUNS) $(BIN)/python bench/chaos_soak.py
 
 # The relay benchmark: chatsite's stream path against a bare ASGI relay; prints its figures (bench/relay.py).
 bench: install-dev

@@ -14,12 +14,18 @@ Ground truth is each reply's Redis Stream (kept after the run) and its saved row
 JSON: replies started, completed, cancelled, failed; events lost (stream entries a client should have read but
 did not); events duplicated (an entry read twice, or out of order); resumed texts that differ from the saved
 text; replies not in a terminal state at the end; streams without exactly one terminal event.
+
+Every stream that breaks a rule is written up in `var/chaos-failures/<time>-<pid>.json` (and summarised on
+stdout): what its client read on each connection (ids, types, arrival times; an event that came without an
+`id:` line is marked), the stream's entries, the saved row, and the lines of the worker's, web's and beat's
+logs that name it, next to the run's own moments (the SIGKILL, the Redis restart).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -125,6 +131,8 @@ class Client:
     status: int = 0
     # Per connection: the entry ids read, in order.
     connections: list[list[str]] = field(default_factory=list)
+    # Per connection: what was read, for the failure report: {"id", "type", "t" (epoch seconds), "noId"?}.
+    reads: list[list[dict]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     terminal: str | None = None
     error: str | None = None
@@ -133,7 +141,11 @@ class Client:
 async def read_stream(http: httpx.AsyncClient, method: str, path: str, client: Client, *, stop_after=None, **kwargs):
     ids: list[str] = []
     text: list[str] = []
+    reads: list[dict] = []
     client.connections.append(ids)
+    client.reads.append(reads)
+    last_event_id = kwargs.get("headers", {}).get("Last-Event-ID")
+    reads.append({"request": f"{method} {path}", "lastEventId": last_event_id, "t": round(time.time(), 3)})
     async with aconnect_sse(http, method, path, **kwargs) as source:
         client.status = source.response.status_code
         if client.status != 200:
@@ -143,6 +155,14 @@ async def read_stream(http: httpx.AsyncClient, method: str, path: str, client: C
             if not sse.data:
                 continue  # a `: ping` after an event: httpx-sse reports it with the remembered id, no data
             event = sse.json()
+            read = {"id": sse.id, "type": event["type"], "t": round(time.time(), 3)}
+            if ids and sse.id == ids[-1]:
+                # httpx-sse keeps the last id for an event sent without an `id:` line (the relay's ending
+                # from the database, or `stream_unavailable`).
+                read["noId"] = True
+            if event["type"] in TERMINAL or event["type"] == "queued":
+                read["event"] = event
+            reads.append(read)
             ids.append(sse.id)
             if event["type"] == "start":
                 client.message_id = event["messageId"]
@@ -199,40 +219,115 @@ def assign_roles(count: int, rng: random.Random) -> list[str]:
     return roles
 
 
-def score(clients: list[Client], stack_redis: redis.Redis, key_prefix: str, messages: dict[str, dict]) -> dict:
-    """Compare what each client read with each reply's stream and saved row."""
-    lost = duplicated = resumed_differ = bad_terminals = 0
+FIGURES = (
+    "events_lost",
+    "events_duplicated",
+    "texts_differing_from_saved",
+    "streams_without_exactly_one_terminal_event",
+)
+
+
+def score(
+    clients: list[Client], stack_redis: redis.Redis, key_prefix: str, messages: dict[str, dict]
+) -> tuple[dict, list[dict]]:
+    """Compare what each client read with each reply's stream and saved row.
+
+    Returns the four figures, and for each client whose stream broke a rule: its client, the figures it added,
+    and the stream's entries.
+    """
+    totals = dict.fromkeys(FIGURES, 0)
+    broken: list[dict] = []
     for client in clients:
         if not client.message_id:
             continue
+        found = dict.fromkeys(FIGURES, 0)
         entries = stack_redis.xrange(f"{key_prefix}{client.message_id}")
         stream_ids = [entry_id for entry_id, _ in entries]
         types = [fields["type"] for _, fields in entries]
         terminal_at = next((i for i, t in enumerate(types) if t in TERMINAL), None)
         if terminal_at is None or sum(t in TERMINAL for t in types) != 1:
-            bad_terminals += 1
+            found["streams_without_exactly_one_terminal_event"] += 1
         # What a reader is owed: every entry up to and including the terminal one.
         owed = stream_ids[: terminal_at + 1] if terminal_at is not None else stream_ids
         read = [entry_id for ids in client.connections for entry_id in ids]
-        duplicated += len(read) - len(set(read))
+        found["events_duplicated"] += len(read) - len(set(read))
         keys = [tuple(map(int, i.split("-"))) for i in read]
-        duplicated += sum(1 for a, b in itertools.pairwise(keys) if b <= a and a != b)
+        found["events_duplicated"] += sum(1 for a, b in itertools.pairwise(keys) if b <= a and a != b)
         if client.role == "dropper":
             first = client.connections[0]
-            lost += len([i for i in owed[: len(first)] if i not in first])
-            continue
-        lost += len(set(owed) - set(read))
-        saved = messages.get(client.message_id, {}).get("content")
-        if (client.role in ("resumer", "canceller") and "".join(client.texts) != saved) or (
-            client.role == "reader" and "".join(client.texts) != saved
-        ):
-            resumed_differ += 1
-    return {
-        "events_lost": lost,
-        "events_duplicated": duplicated,
-        "texts_differing_from_saved": resumed_differ,
-        "streams_without_exactly_one_terminal_event": bad_terminals,
+            found["events_lost"] += len([i for i in owed[: len(first)] if i not in first])
+        else:
+            found["events_lost"] += len(set(owed) - set(read))
+            saved = messages.get(client.message_id, {}).get("content")
+            if "".join(client.texts) != saved:
+                found["texts_differing_from_saved"] += 1
+        for key, value in found.items():
+            totals[key] += value
+        if any(found.values()):
+            broken.append(
+                {
+                    "client": client,
+                    "found": {k: v for k, v in found.items() if v},
+                    "entries": [(entry_id, fields["type"], fields["data"][:300]) for entry_id, fields in entries],
+                }
+            )
+    return totals, broken
+
+
+# Lines of the worker's log that tell what happened to every reply at once.
+GLOBAL_LOG_MARKERS = ("SIGKILL", "WorkerLost", "Restoring", "Connection to broker", "Connected to", "Cannot connect")
+
+
+def failure_report(broken: list[dict], messages: dict[str, dict], log_dir: Path, moments: dict) -> dict:
+    """Everything known about the streams that broke a rule, for `var/chaos-failures/`."""
+    logs = {
+        name: (log_dir / f"{name}.log").read_text(errors="replace").splitlines()
+        for name in ("worker", "web", "beat")
+        if (log_dir / f"{name}.log").exists()
     }
+    report = {
+        "moments": moments,
+        "worker_events": [line for line in logs.get("worker", []) if any(m in line for m in GLOBAL_LOG_MARKERS)][:100],
+        "streams": [],
+    }
+    for item in broken:
+        client: Client = item["client"]
+        message_id = client.message_id or ""
+        report["streams"].append(
+            {
+                "messageId": message_id,
+                "client": {"index": client.index, "role": client.role, "error": client.error, "texts": client.texts},
+                "rules_broken": item["found"],
+                "reads": client.reads,
+                "stream": item["entries"],
+                "saved": messages.get(message_id),
+                "logs": {
+                    name: [line for line in lines if message_id and message_id in line][:200]
+                    for name, lines in logs.items()
+                },
+            }
+        )
+    return report
+
+
+def summarise(report: dict) -> list[str]:
+    """A few lines per broken stream, for stdout."""
+    lines = []
+    for stream in report["streams"]:
+        saved = stream["saved"] or {}
+        lines.append(
+            f"stream {stream['messageId']} ({stream['client']['role']}): {stream['rules_broken']}; "
+            f"saved {saved.get('status')} ({len(saved.get('content') or '')} chars, error {saved.get('error')})"
+        )
+        lines.append("  stream:  " + " ".join(f"{t}@{i}" for i, t, _ in stream["stream"] if t != "content")
+                     + f"  ({sum(1 for _, t, _ in stream['stream'] if t == 'content')} content)")  # fmt: skip
+        for index, reads in enumerate(stream["reads"]):
+            seen = [f"{r['type']}{'(no id)' if r.get('noId') else ''}" for r in reads[1:] if r.get("type") != "content"]
+            lines.append(f"  read {index}: {len(reads) - 1} events, {' '.join(seen)}")
+        for name, found in stream["logs"].items():
+            for line in found[:8]:
+                lines.append(f"  {name}: {line[:220]}")
+    return lines
 
 
 async def chaos(args: argparse.Namespace) -> dict:
@@ -280,6 +375,7 @@ async def chaos(args: argparse.Namespace) -> dict:
 
         # The chaos: kill the process generating some reply, then restart Redis.
         await asyncio.sleep(args.kill_after)
+        moments: dict[str, object] = {"clients_started": round(time.time() - (time.monotonic() - started), 3)}
         r = stack.redis()
         killed = None
         deadline = time.monotonic() + 15
@@ -289,11 +385,15 @@ async def chaos(args: argparse.Namespace) -> dict:
                 if value:
                     killed = int(value.rsplit(":", 1)[1])
                     os.kill(killed, signal.SIGKILL)
+                    moments["sigkill"] = round(time.time(), 3)
+                    moments["sigkill_reply"] = key.removeprefix(stack.key_prefix).removesuffix(":heartbeat")
                     break
             else:
                 await asyncio.sleep(0.1)
         await asyncio.sleep(args.restart_after)
+        moments["redis_shutdown"] = round(time.time(), 3)
         downtime = redis_server.restart()
+        moments["redis_back"] = round(time.time(), 3)
 
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.timeout)
         # Replies whose clients all left may still be finishing (or waiting for the watchdog).
@@ -303,15 +403,23 @@ async def chaos(args: argparse.Namespace) -> dict:
             await asyncio.sleep(0.2)
         elapsed = time.monotonic() - started
 
-        messages = {str(m["id"]): m for m in Message.objects.filter(role="assistant").values("id", "status", "content")}
+        fields = ["id", "status", "content", "error", "finish_reason", "created_at", "started_at", "completed_at"]
+        fields += [f for f in ("attempts",) if any(f == x.name for x in Message._meta.get_fields())]
+        messages = {
+            str(m["id"]): {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in m.items() if k != "id"}
+            for m in Message.objects.filter(role="assistant").values(*fields)
+        }
         statuses = [m["status"] for m in messages.values()]
+        failed_codes = [(m["error"] or {}).get("code") for m in messages.values() if m["status"] == "failed"]
+        totals, broken = score(clients, stack.redis(), stack.key_prefix, messages)
         figures = {
             "replies": args.replies,
             "replies_started": sum(1 for c in clients if c.message_id),
             "completed": statuses.count("completed"),
             "cancelled": statuses.count("cancelled"),
             "failed": statuses.count("failed"),
-            **score(clients, stack.redis(), stack.key_prefix, messages),
+            "failed_by_error": dict(collections.Counter(failed_codes)),
+            **totals,
             "replies_not_terminal": sum(1 for s in statuses if s in active),
             "client_errors": sum(1 for c in clients if c.error),
             "roles": {role: roles.count(role) for role in ("reader", "dropper", "resumer", "canceller")},
@@ -322,6 +430,13 @@ async def chaos(args: argparse.Namespace) -> dict:
         errors = [f"client {c.index} ({c.role}): {c.error}" for c in clients if c.error]
         if errors:
             figures["client_error_samples"] = errors[:5]
+        if broken:
+            report = failure_report(broken, messages, stack.log_dir, moments)
+            path = ROOT / "var" / "chaos-failures" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=1, default=str))
+            figures["failure_report"] = str(path)
+            figures["failure_summary"] = summarise(report)
         return figures
     finally:
         if stack is not None:
@@ -331,6 +446,10 @@ async def chaos(args: argparse.Namespace) -> dict:
         connections.close_all()
         drop_database(args.postgres, database_url)
         redis_server.stop()
+
+
+# The figures that must be zero.
+GOALS = (*FIGURES, "replies_not_terminal", "client_errors")
 
 
 def main() -> int:
@@ -355,12 +474,14 @@ def main() -> int:
     figures = asyncio.run(chaos(args))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2))
+    summary = figures.pop("failure_summary", [])
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")
-    goals = ("events_lost", "events_duplicated", "texts_differing_from_saved", "replies_not_terminal")
-    missed = [k for k in goals if figures[k]]
-    print("goal (zero in the last four): " + ("met" if not missed else f"MISSED: {', '.join(missed)}"))
+    for line in summary:
+        print(line)
+    missed = [k for k in GOALS if figures[k]]
+    print(f"goal (zero: {', '.join(GOALS)}): " + ("met" if not missed else f"MISSED: {', '.join(missed)}"))
     return 1 if missed else 0
 
 

@@ -114,7 +114,7 @@ def publisher(job: dict) -> dict:
         for key in batch:
             data = json.dumps({"type": event_type, **extra, "t": time.time()}, separators=(",", ":"))
             # What `chats.bus.RedisBus.append` does: XADD and PUBLISH in one step.
-            append(keys=[key], args=["*", 20000, "", "type", event_type, "data", data], client=pipe)
+            append(keys=[key], args=["*", 20000, "", "", "type", event_type, "data", data], client=pipe)
         pipe.execute()
         written += len(batch)
 

@@ -17,7 +17,7 @@ from django.db.models import Case, F, Q, Subquery, Value, When
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
-from chats import events
+from chats import events, fencing
 from chats.auth import KEY_PREFIX, hash_key
 from chats.exceptions import IdempotencyKeyReused, ReplyFinished, ReplyInProgress
 from chats.models import ApiKey, Chat, Message, User
@@ -218,18 +218,37 @@ def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, wor
 
 
 def do_claim_reply(message_id: str) -> Message | None:
-    """Move a reply from `queued` to `streaming`, exactly once.
+    """Move a reply from `queued` to `streaming`, exactly once per attempt, and count the attempt.
+
+    A reply is claimed only while it has been attempted fewer than `CHATSITE_MAX_REPLY_ATTEMPTS` times. The
+    claim that makes attempt `m` raises the stream's fence past whoever wrote for the waiting reply
+    (`chats.fencing`): the caller then writes as `fencing.worker_token(m)`.
 
     Returns:
-        The claimed message, or None when it does not exist or someone already claimed it (a task that is
-        delivered twice must not generate the reply twice).
+        The claimed message (its `attempts` is this attempt's number), or None when it does not exist, someone
+        already claimed it (a task delivered twice must not generate the reply twice), it ended, or it has no
+        attempt left (see `attempts_exhausted`).
+
+    Raises:
+        redis.RedisError: when the fence cannot be raised (Redis stays unreachable).
     """
-    claimed = Message.objects.filter(id=message_id, status=Message.Status.QUEUED).update(
-        status=Message.Status.STREAMING, started_at=timezone.now()
-    )
+    claimed = Message.objects.filter(
+        id=message_id, status=Message.Status.QUEUED, attempts__lt=settings.CHATSITE_MAX_REPLY_ATTEMPTS
+    ).update(status=Message.Status.STREAMING, started_at=timezone.now(), attempts=F("attempts") + 1)
     if not claimed:
         return None
-    return Message.objects.select_related("chat", "chat__owner", "workflow").get(id=message_id)
+    message = Message.objects.select_related("chat", "chat__owner", "workflow").get(id=message_id)
+    fencing.raise_fence(message_id, fencing.waiting_token(message.attempts - 1))
+    return message
+
+
+def attempts_exhausted(message_id: str) -> bool:
+    """Whether `message_id` is still queued or streaming but may not be attempted again."""
+    return Message.objects.filter(
+        id=message_id,
+        status__in=(Message.Status.QUEUED, Message.Status.STREAMING),
+        attempts__gte=settings.CHATSITE_MAX_REPLY_ATTEMPTS,
+    ).exists()
 
 
 def do_finish_reply(
@@ -244,17 +263,22 @@ def do_finish_reply(
     tool_calls: list[dict] | None = None,
     sources: list[dict] | None = None,
     from_statuses: tuple[str, ...] = (Message.Status.STREAMING,),
+    attempt: int | None = None,
 ) -> bool:
     """Save a reply's outcome in one UPDATE: content, usage, finish reason, error, tool calls (with their
     results), sources (as the `sources` event gave them), status, completion time.
 
     Only a reply still in one of `from_statuses` is changed, so a reply that was ended elsewhere (cancelled,
-    or failed by a watchdog) keeps that outcome.
+    or failed by a watchdog) keeps that outcome; with `attempt`, only if that is still its attempt, so a worker
+    whose reply was taken over cannot save it.
 
     Returns:
-        True if this call ended the reply, False if it had already ended.
+        True if this call ended the reply, False if it had already ended (or was taken over).
     """
-    updated = Message.objects.filter(id=message_id, status__in=from_statuses).update(
+    rows = Message.objects.filter(id=message_id, status__in=from_statuses)
+    if attempt is not None:
+        rows = rows.filter(attempts=attempt)
+    updated = rows.update(
         status=status,
         content=content,
         finish_reason=finish_reason,
@@ -268,28 +292,40 @@ def do_finish_reply(
     return bool(updated)
 
 
-def do_reclaim_reply(message_id: str, started_at: datetime) -> Message | None:
-    """Take over a `streaming` reply whose worker died, if nobody else did since `started_at`.
+def do_reclaim_reply(message_id: str, started_at: datetime, attempts: int) -> Message | None:
+    """Take over a `streaming` reply whose worker died, if nobody else did since (`started_at`, `attempts`) and
+    it has an attempt left; this counts as an attempt. The caller has fenced the dead worker out first.
 
-    Returns the message, or None when another worker took it over (or it ended) first.
+    Returns the message (its `attempts` is this attempt's number), or None when another worker took it over
+    (or it ended) first, or no attempt is left.
+
+    Raises:
+        redis.RedisError: when the fence cannot be raised.
     """
-    claimed = Message.objects.filter(id=message_id, status=Message.Status.STREAMING, started_at=started_at).update(
-        started_at=timezone.now()
-    )
+    claimed = Message.objects.filter(
+        id=message_id,
+        status=Message.Status.STREAMING,
+        started_at=started_at,
+        attempts=attempts,
+        attempts__lt=settings.CHATSITE_MAX_REPLY_ATTEMPTS,
+    ).update(started_at=timezone.now(), attempts=F("attempts") + 1)
     if not claimed:
         return None
-    return Message.objects.select_related("chat", "chat__owner", "workflow").get(id=message_id)
+    message = Message.objects.select_related("chat", "chat__owner", "workflow").get(id=message_id)
+    fencing.raise_fence(message_id, fencing.waiting_token(message.attempts - 1))
+    return message
 
 
-def do_requeue_reply(message_id: str, started_at: datetime) -> bool:
+def do_requeue_reply(message_id: str, started_at: datetime, attempts: int) -> bool:
     """Put a `streaming` reply whose worker died before it wrote any text back to `queued`.
 
-    Only if nobody took it over since `started_at`. Returns True if it is queued again (the caller enqueues it).
+    Only if nobody took it over since (`started_at`, `attempts`); the caller has fenced the dead worker out.
+    Returns True if it is queued again (the caller enqueues it).
     """
     return bool(
-        Message.objects.filter(id=message_id, status=Message.Status.STREAMING, started_at=started_at).update(
-            status=Message.Status.QUEUED, started_at=None
-        )
+        Message.objects.filter(
+            id=message_id, status=Message.Status.STREAMING, started_at=started_at, attempts=attempts
+        ).update(status=Message.Status.QUEUED, started_at=None)
     )
 
 
@@ -300,11 +336,15 @@ def do_end_reply_from_stream(
     finish_reason: str = "",
     error: dict | None = None,
     from_statuses: tuple[str, ...] = (Message.Status.STREAMING,),
+    attempt: int | None = None,
 ) -> bool:
     """End a reply from outside its worker (cancel, watchdog, recovery), keeping the text already streamed.
 
-    The saved content is what the reply's stream holds, which is what readers have seen. Publishes the
-    terminal event (after a `start`, if the stream has none yet) only if this call ended the reply.
+    The reply's stream is fenced first (`chats.fencing.fence_out`), so its worker, if it still runs, can add
+    nothing more; the saved content is then what the stream holds, which is what readers have seen. The row
+    changes only if it is still in one of `from_statuses` at the attempt seen (and, given `attempt`, only at
+    that attempt). Publishes the terminal event (after a `start`, if the stream has none yet) only if this call
+    ended the reply.
 
     Returns:
         True if this call ended the reply.
@@ -312,17 +352,28 @@ def do_end_reply_from_stream(
     Raises:
         redis.RedisError: when Redis cannot be reached.
     """
-    stream = events.snapshot(message_id)
-    if not do_finish_reply(
-        message_id, status=status, content=stream.text, finish_reason=finish_reason, error=error,
-        from_statuses=from_statuses,
-    ):  # fmt: skip
+    for _ in range(3):  # again if the reply moved on (claimed, taken over) between the read and the save
+        row = Message.objects.filter(id=message_id).values("status", "attempts").first()
+        if row is None or row["status"] not in from_statuses:
+            return False
+        if attempt is not None and row["attempts"] != attempt:
+            return False
+        fencing.fence_out(message_id, row["status"], row["attempts"])
+        stream = events.snapshot(message_id)
+        if do_finish_reply(
+            message_id, status=status, content=stream.text, finish_reason=finish_reason, error=error,
+            from_statuses=(row["status"],), attempt=row["attempts"],
+        ):  # fmt: skip
+            break
+    else:
         return False
+    reason = (error or {}).get("code", finish_reason)
+    logger.info("reply %s: %s (%s), ended from its stream", message_id, status, reason)
     message = Message.objects.get(id=message_id)
     if not stream.started:
         from pipelines.runner import start_event_for
 
-        events.publish_once(message_id, start_event_for(message))
+        fencing.publish_before_terminal(message_id, start_event_for(message))
     if error is not None:
         terminal = events.error_event(code=error["code"], message=error["message"], retryable=error["retryable"])
     else:
@@ -332,7 +383,33 @@ def do_end_reply_from_stream(
             prompt_tokens=message.prompt_tokens or 0,
             completion_tokens=message.completion_tokens or 0,
         )
-    events.publish_once(message_id, terminal)
+    fencing.publish_terminal(message_id, terminal)
+    return True
+
+
+def do_publish_saved_terminal(message_id: str) -> bool:
+    """Give a reply that ended in the database the terminal event its stream lacks (its writer stopped between
+    the save and the publish: a SIGKILL, a time limit). Nothing when the stream already holds one (at most one
+    ever lands, `chats.fencing`), when the reply has not ended, or when its stream is gone (readers then replay
+    it from the database).
+
+    Returns True if this call published it.
+
+    Raises:
+        redis.RedisError: when Redis cannot be reached.
+    """
+    if fencing.is_closed(message_id):
+        return False
+    message = Message.objects.filter(id=message_id).first()
+    if message is None or message.status not in Message.TERMINAL_STATUSES:
+        return False
+    if events.bus().newest(events.stream_key(message_id)) is None:
+        return False
+    from chats.streaming import terminal_event_from_db
+
+    if fencing.publish_terminal(message_id, terminal_event_from_db(message)) is None:
+        return False
+    logger.warning("reply %s: ended as %s, its terminal event published from the saved row", message_id, message.status)
     return True
 
 
@@ -343,9 +420,35 @@ WORKER_LOST_ERROR = {
 }
 
 
-def do_end_lost_reply(message_id: str) -> bool:
-    """End a `streaming` reply whose worker died: `error` `worker_lost`, partial text kept."""
-    return do_end_reply_from_stream(message_id, status=Message.Status.FAILED, error=WORKER_LOST_ERROR)
+def do_end_lost_reply(message_id: str, attempt: int | None = None) -> bool:
+    """End a `streaming` reply whose worker died (at `attempt`, if given): `error` `worker_lost`, partial text
+    kept."""
+    return do_end_reply_from_stream(message_id, status=Message.Status.FAILED, error=WORKER_LOST_ERROR, attempt=attempt)
+
+
+def worker_failed_error() -> dict:
+    """The error of a reply that used up its attempts (CHATSITE_MAX_REPLY_ATTEMPTS)."""
+    attempts = settings.CHATSITE_MAX_REPLY_ATTEMPTS
+    return {
+        "code": "worker_failed",
+        "message": (
+            f"This reply could not be generated: the server stopped each of the {attempts} times it tried. "
+            "Ask an administrator if it happens again."
+        ),
+        "retryable": False,
+    }
+
+
+def do_end_failed_reply(message_id: str, attempt: int | None = None) -> bool:
+    """End a queued or streaming reply that has no attempt left: `error` `worker_failed` (not retryable),
+    partial text kept."""
+    return do_end_reply_from_stream(
+        message_id,
+        status=Message.Status.FAILED,
+        error=worker_failed_error(),
+        from_statuses=(Message.Status.QUEUED, Message.Status.STREAMING),
+        attempt=attempt,
+    )
 
 
 async def _wait_for_terminal_event(message_id: str) -> None:

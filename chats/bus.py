@@ -63,11 +63,15 @@ class EventBus(ABC):
         maxlen: int,
         expire_seconds: float | None = None,
         check_flag: str | None = None,
+        fence: tuple[str, int] | None = None,
     ) -> tuple[str | None, bool]:
         """Append an entry to `stream` (ids chosen by the bus when `entry_id` is None).
 
-        `expire_seconds` gives the whole stream a lifetime from now. Returns `(entry_id, flag_set)`: the id
-        is None when `entry_id` was refused for not being above the stream's last entry; `flag_set` tells
+        `expire_seconds` gives the whole stream a lifetime from now. `fence` is `(key, token)`: the entry is
+        refused when the number stored at `key` (see `raise_floor`) is at least `token`, in the same atomic
+        step; an entry written with the token `CLOSED` sets that number to `CLOSED` (chats.fencing: a stream's
+        terminal event, so a second one is refused). Returns `(entry_id, flag_set)`: the id is None when the
+        entry was refused (an `entry_id` not above the stream's last entry, or the fence); `flag_set` tells
         whether the flag `check_flag` exists (checked in the same round trip).
         """
 
@@ -94,6 +98,11 @@ class EventBus(ABC):
     def flag(self, key: str) -> str | None:
         """The flag's value, or None when it is not set (or has expired)."""
 
+    @abstractmethod
+    def raise_floor(self, key: str, value: int, seconds: float) -> int:
+        """Set the number at `key` to `value` unless it is already at least that (atomically); it disappears
+        `seconds` after its last rise. Returns the number now stored."""
+
     async def aflag(self, key: str) -> str | None:
         """`flag`, for the event loop (the relay); the default runs the blocking call."""
         return self.flag(key)
@@ -103,29 +112,53 @@ class EventBus(ABC):
         """Wait up to `block_seconds` for entries after the id `after`; return up to `count` (maybe none)."""
 
 
+# The fence token of a stream's terminal event (chats.fencing): above every writer's, so that once a terminal
+# event is in, nothing more is appended, not even a second terminal event.
+CLOSED = 2**52
+
 # XADD, and in the same atomic step PUBLISH the new entry on the channel named like the stream, so that readers
 # that follow many streams (chats.events.StreamMux) learn of each entry without polling or re-issuing a
 # blocking XREAD over every stream they follow. The message is the entry id, then the fields' names and values,
 # joined by NUL characters (see `decode_entry`). KEYS: the stream, then optionally a flag key whose existence
-# is reported. ARGV: the entry id (or `*`), MAXLEN (approximate), the expiry in seconds (or ''), then field
-# names and values. Returns {entry id, flag}; the id is nil when the id asked for is not above the stream's last.
+# is reported (or '' for none), then optionally a fence key. ARGV: the entry id (or `*`), MAXLEN (approximate),
+# the expiry in seconds (or ''), the writer's fence token (or ''), then field names and values. Returns
+# {entry id, flag}; the id is nil when the id asked for is not above the stream's last, or when the number at
+# the fence key is at least the token (chats.fencing). An entry written with the token CLOSED sets the fence
+# key to CLOSED (with the stream's expiry).
 APPEND_SCRIPT = """
 local xadd = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[1]}
 local message = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   xadd[#xadd + 1] = ARGV[i]
   message[#message + 1] = ARGV[i]
 end
 local flag = 0
-if #KEYS > 1 then flag = redis.call('EXISTS', KEYS[2]) end
+if #KEYS > 1 and KEYS[2] ~= '' then flag = redis.call('EXISTS', KEYS[2]) end
+if #KEYS > 2 and ARGV[4] ~= '' then
+  local fence = tonumber(redis.call('GET', KEYS[3]) or '-1')
+  if fence >= tonumber(ARGV[4]) then return {false, flag} end
+end
 local id = redis.pcall(unpack(xadd))
 if type(id) == 'table' and id.err then
   if string.find(id.err, 'equal or smaller', 1, true) then return {false, flag} end
   return id
 end
 if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+if #KEYS > 2 and ARGV[4] == 'CLOSED_TOKEN' then
+  redis.call('SET', KEYS[3], ARGV[4])
+  if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
+end
 redis.call('PUBLISH', KEYS[1], id .. '\\0' .. table.concat(message, '\\0'))
 return {id, flag}
+""".replace("CLOSED_TOKEN", str(CLOSED))
+
+# SET the number at KEYS[1] to ARGV[1] unless it is already at least that; PEXPIRE it ARGV[2] ms. Returns the number.
+RAISE_FLOOR_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local wanted = tonumber(ARGV[1])
+if wanted > current then current = wanted end
+redis.call('SET', KEYS[1], current, 'PX', ARGV[2])
+return current
 """
 
 
@@ -153,10 +186,14 @@ class RedisBus(EventBus):
         self.client = client
         self.async_client = async_client
         self._append = client.register_script(APPEND_SCRIPT)
+        self._raise_floor = client.register_script(RAISE_FLOOR_SCRIPT)
 
-    def append(self, stream, fields, *, entry_id=None, maxlen, expire_seconds=None, check_flag=None):
-        keys = [stream, check_flag] if check_flag else [stream]
+    def append(self, stream, fields, *, entry_id=None, maxlen, expire_seconds=None, check_flag=None, fence=None):
+        keys = [stream, check_flag or ""] if (check_flag or fence) else [stream]
+        if fence:
+            keys.append(fence[0])
         args = [entry_id or "*", maxlen, int(expire_seconds) if expire_seconds is not None else ""]
+        args.append(int(fence[1]) if fence else "")
         for name, value in fields.items():
             args += [name, value]
         new_id, flag_set = self._append(keys=keys, args=args)
@@ -178,6 +215,9 @@ class RedisBus(EventBus):
 
     def flag(self, key):
         return self.client.get(key)
+
+    def raise_floor(self, key, value, seconds):
+        return int(self._raise_floor(keys=[key], args=[int(value), max(1, int(seconds * 1000))]))
 
     async def aflag(self, key):
         return await self.async_client().get(key)
@@ -221,9 +261,11 @@ class MemoryBus(EventBus):
             stream = self._streams[key] = _Stream()
         return stream
 
-    def append(self, stream, fields, *, entry_id=None, maxlen, expire_seconds=None, check_flag=None):
+    def append(self, stream, fields, *, entry_id=None, maxlen, expire_seconds=None, check_flag=None, fence=None):
         with self._lock:
             flag_set = bool(check_flag and self._flag(check_flag) is not None)
+            if fence is not None and int(self._flag(fence[0]) or -1) >= fence[1]:
+                return None, flag_set
             target = self._stream(stream, create=True)
             top = target.top
             if entry_id is not None:
@@ -239,6 +281,8 @@ class MemoryBus(EventBus):
                 del target.entries[: len(target.entries) - maxlen]
             if expire_seconds is not None:
                 target.expires_at = time.monotonic() + expire_seconds
+            if fence is not None and fence[1] == CLOSED:
+                self._flags[fence[0]] = (str(CLOSED), time.monotonic() + (expire_seconds or 3600))
             for loop, event in list(target.waiters):
                 loop.call_soon_threadsafe(event.set)
             return new_id, flag_set
@@ -291,6 +335,12 @@ class MemoryBus(EventBus):
     def flag(self, key):
         with self._lock:
             return self._flag(key)
+
+    def raise_floor(self, key, value, seconds):
+        with self._lock:
+            current = max(int(self._flag(key) or -1), int(value))
+            self._flags[key] = (str(current), time.monotonic() + seconds)
+            return current
 
     async def read(self, stream, after, *, count, block_seconds):
         after_key = parse_entry_id(after)

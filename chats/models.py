@@ -105,6 +105,10 @@ class Message(models.Model):
     options = models.JSONField(default=dict, blank=True)
     # The client's Idempotency-Key for the send that created this reply; unique within a chat.
     idempotency_key = models.CharField(max_length=settings.CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS, blank=True, default="")
+    # How many times a worker has started generating this reply (each claim, and each take-over after a worker
+    # died): at most CHATSITE_MAX_REPLY_ATTEMPTS. It is also the fencing token of its current worker: a worker
+    # whose attempt is no longer the newest may not write to the reply's stream or save it.
+    attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)

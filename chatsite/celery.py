@@ -19,7 +19,8 @@ def release_database_connections(**kwargs) -> None:
 
     Celery's own per-task close is turned off by CELERY_DB_REUSE_MAX (see settings), because it also closes
     the pool; this keeps the pool, so a task starts on a connection that is already open. A connection that
-    is broken or has errors is discarded, not reused.
+    had errors and no longer works (killed server-side, say) is closed, not given back; one killed while it
+    sat in the pool is found by the pool's check when it is next handed out (CONN_HEALTH_CHECKS, settings).
     """
     from django.db import close_old_connections
 

@@ -117,6 +117,10 @@ DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR 
 # requests and many requests at once would each open one: on PostgreSQL, a psycopg pool bounds them (Django
 # 5.1+; requests wait up to DATABASE_POOL_TIMEOUT seconds for a free connection). 0 turns the pool off.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# A connection the server closed under us (a restart, pg_terminate_backend) is found before it is used: with the
+# pool, Django passes psycopg_pool.ConnectionPool.check_connection as the pool's `check`, so each connection is
+# checked (one empty round trip) as it is handed out and a broken one is replaced, never reused.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web requests and reply threads write at once: wait for the lock, take it up front, and let readers
     # read while one writes (WAL).
@@ -135,6 +139,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     sys.modules["sqlite3"] = sqlean
     sys.modules["sqlite3.dbapi2"] = sqlean.dbapi2
 DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=20)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Shown in pg_stat_activity, so an operator (or a test) can tell which process holds which connection.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "application_name", env.str("CHATSITE_DB_APPLICATION_NAME", default="chatsite")
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE > 0:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
@@ -232,6 +241,9 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CHATSITE_TASK_SOFT_TIME_LIMIT", default=C
 # or a reply (or a document's ingestion) still running would be handed to a second worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": max(CELERY_TASK_TIME_LIMIT, CHATSITE_INGEST_TIME_LIMIT) * 2}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# When the worker loses the broker (a Redis restart), the replies it is generating go on (their writes to Redis
+# are retried) rather than being stopped; their deliveries, put back in the queue, find them alive (run_reply).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Celery's Django fixup closes a prefork child's whole database pool at every task boundary (celery#10554),
 # so each reply opened a new PostgreSQL connection before its claim (about 20 ms). A reuse count turns that
 # off except every CELERY_DB_REUSE_MAX tasks; chatsite.celery gives each task's connections back to the pool
@@ -304,6 +316,13 @@ CHATSITE_WATCHDOG_SECONDS = env.float("CHATSITE_WATCHDOG_SECONDS", default=5.0) 
 # A reply still queued after this long is sent to the queue again (a Redis restart can lose the queue).
 CHATSITE_REQUEUE_SECONDS = env.float("CHATSITE_REQUEUE_SECONDS", default=60.0)
 CHATSITE_CANCEL_WAIT_SECONDS = env.float("CHATSITE_CANCEL_WAIT_SECONDS", default=5.0)
+# Most times a worker starts one reply: its claim, and each take-over or requeue after its worker died before
+# any text. Then the reply ends with `error` `worker_failed` (not retryable).
+CHATSITE_MAX_REPLY_ATTEMPTS = env.int("CHATSITE_MAX_REPLY_ATTEMPTS", default=3)
+# Seconds one reply may take across all its steps: each step gets the time left (an sql step's statement timeout
+# is at most that), and a reply past it ends with `error` `time_budget_exceeded`, keeping its text. Keep it below
+# CHATSITE_TASK_SOFT_TIME_LIMIT, the backstop for a step that cannot be interrupted (an answer that stalls).
+CHATSITE_REPLY_TIME_BUDGET_SECONDS = env.float("CHATSITE_REPLY_TIME_BUDGET_SECONDS", default=300.0)
 CHATSITE_REDIS_RETRY_SECONDS = env.float("CHATSITE_REDIS_RETRY_SECONDS", default=30.0)
 # Most connections each of a process's Redis pools holds (the blocking one, the asyncio one, the cache's); a
 # command waits for a free one rather than opening more, so a web process holds as many with 10 open streams as
@@ -342,6 +361,20 @@ CHATSITE_EMBEDDED, CHATSITE_MODE_REASON = _embedded_mode()
 # Embedded mode: replies are generated on this many threads of the web process.
 CHATSITE_EMBEDDED_WORKERS = env.int("CHATSITE_EMBEDDED_WORKERS", default=2)
 
+
+def _cache_retry() -> dict:
+    """redis-py retry options for the cache's connections: commands that cannot connect are tried again."""
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    retries = max(1, int(min(10.0, CHATSITE_REDIS_RETRY_SECONDS) / 0.5))
+    return {
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+
+
 # Rate limits count in the cache: Redis in full mode, so that every web process counts together.
 CACHES = {
     "default": (
@@ -357,6 +390,9 @@ CACHES = {
                 "pool_class": "chatsite.redis_pool.SharedConnectionPool",
                 "max_connections": CHATSITE_REDIS_MAX_CONNECTIONS,
                 "timeout": 10,
+                # A Redis restart delays a request's session read (up to 10 s, or CHATSITE_REDIS_RETRY_SECONDS
+                # if less) instead of failing it with a 500.
+                **_cache_retry(),
             },
         }
     )

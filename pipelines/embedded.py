@@ -54,7 +54,9 @@ def _run(what: str, job: Callable[[str], object], object_id: str) -> None:
 def _generate(message_id: str) -> None:
     from pipelines.runner import run_reply
 
-    run_reply(message_id)
+    # Never a redelivery: a thread that dies takes the whole process with it. The same rules as a Celery worker's
+    # hold (attempts, time budget, admission, an exception ending its reply at once): they live in run_reply.
+    run_reply(message_id, redelivered=False)
 
 
 def submit(message_id: str) -> None:

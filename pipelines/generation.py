@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
 
 from chats import events
 from chats.actions import do_finish_reply
@@ -52,6 +53,18 @@ DEFAULT_REWRITE_INSTRUCTIONS = (
 
 class Cancelled(Exception):
     """The user stopped the reply."""
+
+
+class BudgetExceeded(Exception):
+    """The reply used up its time budget (CHATSITE_REPLY_TIME_BUDGET_SECONDS)."""
+
+
+def replace_broken_connections() -> None:
+    """Close this thread's database connections that had errors and no longer work (killed server-side, or left
+    mid-query by a time limit), so that the next query opens (or takes from the pool) a fresh one; give the others
+    back. Nothing inside a transaction (the caller's to roll back)."""
+    if not connection.in_atomic_block:
+        close_old_connections()
 
 
 def branch_history(message: Message) -> list[Message]:
@@ -209,6 +222,10 @@ class ReplyGeneration:
     # (time.monotonic() seconds; None: the current answer has sent none yet).
     pending: list[str] = field(default_factory=list)
     content_sent_at: float | None = None
+    # When the reply's time budget runs out (time.monotonic() seconds), set when it starts running.
+    deadline: float = float("inf")
+    # Set once a write was refused because the reply was ended or taken over elsewhere: nothing more is saved.
+    stream_closed: bool = False
 
     @property
     def message_id(self) -> str:
@@ -232,12 +249,14 @@ class ReplyGeneration:
 
         Raises:
             Cancelled: a cancel was requested (checked on each publish).
+            BudgetExceeded: the reply's time is up (the delta is kept).
         """
         self.parts.append(text)
         self.pending.append(text)
         window = settings.CHATSITE_DELTA_BATCH_MS / 1000
         if self.content_sent_at is None or time.monotonic() - self.content_sent_at >= window:
             self.flush_content()
+        self.check_budget()
 
     def flush_content(self) -> None:
         """Publish the pending text deltas as one `content` event (nothing when none are pending).
@@ -253,19 +272,37 @@ class ReplyGeneration:
         if self.publisher.publish(self.message_id, events.content_event(text)).cancel_requested:
             raise Cancelled
 
-    def _flush_before_end(self) -> None:
-        """Publish pending text before the outcome is saved, so the stream holds all the saved text."""
+    def _flush_before_end(self) -> bool:
+        """Publish pending text before the outcome is saved, so the stream holds all the saved text.
+
+        Returns False when the reply was ended or taken over elsewhere (its stream refused the text): this worker
+        must then save nothing.
+        """
         try:
             self.flush_content()
-        except (Cancelled, StreamClosed):
-            pass  # the text went out (the cancel is handled by the caller), or the reply ended elsewhere
+        except Cancelled:
+            pass  # the text went out; the cancel is handled by the caller
+        except StreamClosed:
+            self.stream_closed = True
         except redis.RedisError:
             # The outcome must still be saved: readers that find no terminal event read it from the database.
             logger.warning("could not publish the last text of reply %s", self.message_id)
+        if self.stream_closed:
+            logger.info("reply %s was ended elsewhere; not saving it", self.message_id)
+        return not self.stream_closed
 
     def check_cancel(self) -> None:
         if events.cancel_requested(self.message_id):
             raise Cancelled
+
+    def time_left(self) -> float:
+        """Seconds left of the reply's time budget (CHATSITE_REPLY_TIME_BUDGET_SECONDS), for every step."""
+        return self.deadline - time.monotonic()
+
+    def check_budget(self) -> None:
+        """Raises BudgetExceeded once the reply's time is up."""
+        if self.time_left() <= 0:
+            raise BudgetExceeded
 
     # --- the whole reply -------------------------------------------------------------------------------
 
@@ -284,10 +321,12 @@ class ReplyGeneration:
         self.question: str | None = None
         self.context: list[str] = []
         step_index, kind = 0, ""
+        self.deadline = time.monotonic() + settings.CHATSITE_REPLY_TIME_BUDGET_SECONDS
         try:
             self.check_cancel()
             for step_index, step in enumerate(steps, start=1):
                 kind = step["type"]
+                self.check_budget()
                 if explicit:
                     self.publish({"type": "step", "step": kind, "state": "started", "index": step_index})
                 detail = getattr(self, f"_step_{kind}")(step, explicit, step_index)
@@ -305,11 +344,24 @@ class ReplyGeneration:
         except GenerationError as exc:
             self._step_failed(explicit, kind, step_index)
             return self._fail(exc.code, exc.message, exc.retryable)
+        except BudgetExceeded:
+            self._step_failed(explicit, kind, step_index)
+            budget = settings.CHATSITE_REPLY_TIME_BUDGET_SECONDS
+            return self._fail(
+                "time_budget_exceeded",
+                f"The reply used up the {budget:g} seconds it may take across its steps, and was stopped.",
+                False,
+            )
         except SoftTimeLimitExceeded:
+            # It may have interrupted a database call mid-way: save the outcome on a fresh connection.
+            replace_broken_connections()
             self._step_failed(explicit, kind, step_index)
             return self._fail("timeout", "The reply took too long and was stopped.", True)
-        except Exception:
+        except Exception as exc:
             logger.exception("reply %s failed", self.message_id)
+            if isinstance(exc, DatabaseError):
+                # The connection may be broken (killed server-side): save the outcome on a fresh one.
+                replace_broken_connections()
             self._step_failed(explicit, kind, step_index)
             return self._fail(
                 "internal_error", "The reply could not be generated because of an error on our side.", True
@@ -318,9 +370,12 @@ class ReplyGeneration:
     def _step_failed(self, explicit: bool, kind: str, index: int) -> None:
         if not (explicit and kind):
             return
-        self._flush_before_end()
+        if not self._flush_before_end():
+            return
         try:
             self.publisher.publish(self.message_id, {"type": "step", "step": kind, "state": "failed", "index": index})
+        except StreamClosed:
+            self.stream_closed = True
         except Exception:
             logger.warning("could not publish the failed step of reply %s", self.message_id)
 
@@ -356,6 +411,7 @@ class ReplyGeneration:
             for delta in stream:
                 text.append(delta.text)
                 self._count(delta)
+                self.check_budget()
         finally:
             stream.close()
         rewritten = " ".join("".join(text).split())
@@ -376,11 +432,21 @@ class ReplyGeneration:
         if connector is None:
             # The same words for a missing, inactive or ungranted connector.
             raise GenerationError("connector_unavailable", f"The connector '{step['connector']}' is not available.")
+        self.check_budget()
+        # The query may run for the connector's timeout, or for what is left of the reply's time, if less.
+        left_ms = max(1, int(self.time_left() * 1000))
+        budget_limits = left_ms < connector.statement_timeout_ms
         try:
             result = run_read_query(
-                connector, step["query"], {"text": self._current_question()}, message_id=self.message_id
+                connector,
+                step["query"],
+                {"text": self._current_question()},
+                timeout_ms=left_ms,
+                message_id=self.message_id,
             )
         except ConnectorError as exc:
+            if exc.code == "sql_timeout" and budget_limits:
+                raise BudgetExceeded from exc
             retryable = exc.code in ("sql_timeout", "connector_unavailable")
             raise GenerationError(exc.code, exc.message, retryable=retryable) from exc
         self.context.append(sql_context(connector.name, result))
@@ -614,6 +680,7 @@ class ReplyGeneration:
         }
         answers: list[ChatMessage] = []
         for call in calls:
+            self.check_budget()
             try:
                 args: Any = json.loads(call.arguments or "{}")
             except json.JSONDecodeError:
@@ -635,7 +702,8 @@ class ReplyGeneration:
         return quota_left(owner)
 
     def _complete(self) -> str | None:
-        self._flush_before_end()
+        if not self._flush_before_end():
+            return None
         if not do_finish_reply(
             self.message_id,
             status=Message.Status.COMPLETED,
@@ -645,6 +713,7 @@ class ReplyGeneration:
             completion_tokens=self.completion_tokens,
             tool_calls=self.tool_records,
             sources=self.sources,
+            attempt=self.message.attempts,
         ):
             return None
         left = self._record_usage()
@@ -661,7 +730,8 @@ class ReplyGeneration:
         return Message.Status.COMPLETED
 
     def _finish_cancelled(self) -> str | None:
-        self._flush_before_end()
+        if not self._flush_before_end():
+            return None
         content = "".join(self.parts)
         provider = self.last_provider
         if provider is not None and not self.completion_tokens:
@@ -677,6 +747,7 @@ class ReplyGeneration:
             completion_tokens=self.completion_tokens,
             tool_calls=self.tool_records,
             sources=self.sources,
+            attempt=self.message.attempts,
         ):
             return None
         left = self._record_usage()
@@ -695,7 +766,8 @@ class ReplyGeneration:
 
     def _fail(self, code: str, text: str, retryable: bool) -> str | None:
         error = {"code": code, "message": text, "retryable": retryable}
-        self._flush_before_end()
+        if not self._flush_before_end():
+            return None
         if not do_finish_reply(
             self.message_id,
             status=Message.Status.FAILED,
@@ -703,6 +775,7 @@ class ReplyGeneration:
             error=error,
             tool_calls=self.tool_records,
             sources=self.sources,
+            attempt=self.message.attempts,
         ):
             return None
         self._record_usage()

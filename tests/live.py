@@ -66,7 +66,8 @@ class Stack:
         self.processes[name] = subprocess.Popen(
             self.commands[name],
             cwd=BASE_DIR,
-            env=self.env,
+            # Each process's database connections say whose they are (pg_stat_activity.application_name).
+            env={"CHATSITE_DB_APPLICATION_NAME": f"chatsite-{name}", **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -8,11 +8,13 @@ import signal
 import time
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.utils import timezone
 
 from chats.event_schema import start_event
 from chats.models import Chat, Message
+from pipelines.models import Workflow
 from tests.conftest import E2E_PASSWORD
 from tests.live import entry_key, login, new_chat, read_sse, resume, send
 
@@ -338,3 +340,119 @@ def test_the_watchdog_queues_again_a_reply_whose_worker_vanished_before_any_text
     assert_exactly_once_in_order(stream.ids)
     reply.refresh_from_db()
     assert reply.status == "completed" and reply.content == "Hello, world!" == stream.text
+
+
+# --- issue 13: attempts, killed database connections, per-user fairness ----------------------------------------
+
+
+def kill_backends(application_name: str) -> int:
+    """pg_terminate_backend on every connection of the test database held by `application_name` (the live stack
+    names each process's connections: chatsite-web, chatsite-worker, chatsite-beat), as the test's superuser.
+    Returns how many it killed."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    where = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "dbname": db["NAME"]}
+    with psycopg.connect(**where, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            (application_name,),
+        ).fetchall()
+    return len(killed)
+
+
+def test_database_connections_killed_mid_reply_end_it_once_and_the_next_requests_answer(
+    live_stack, session, carol, scripted_model
+):
+    # Issue 13, finding 2: a query killed the database's connections while a reply ran; the worker's task died,
+    # the watchdog queued the reply again and again, and the next login answered 500.
+    slow(scripted_model, count=5, delay=0.05, first_delay=1.5)
+    workflow = Workflow.objects.create(
+        owner=carol, name="Rewrite", steps=[{"type": "rewrite_query"}, {"type": "generate"}]
+    )
+    client, token = session
+    chat_id = new_chat(client, token)
+    body = {"content": "Hi", "modelId": "scripted", "userId": str(carol.id), "workflowId": str(workflow.id)}
+    path = f"/api/chats/{chat_id}/messages/stream"
+    first = read_sse(client, "POST", path, token=token, json=body, stop_after=2)  # start, the step started
+    message_id = first.events[0]["messageId"]
+    assert kill_backends("chatsite-worker") >= 1  # while the rewrite step waits for its model
+
+    rest = resume(client, chat_id, message_id, first.ids[-1])
+    assert_exactly_once_in_order(first.ids + rest.ids)
+    every = first.types + rest.types
+    assert sum(t in ("end", "error") for t in every) == 1 and every[-1] in ("end", "error")
+    message = Message.objects.get(id=message_id)
+    # Ended at once by the worker that met the error, on a fresh connection: not left for the watchdog to retry.
+    assert message.status == "failed" and message.attempts == 1
+    assert rest.events[-1]["error"] == message.error["code"] == "internal_error"
+
+    # The web process's pooled connections die too: the next login and API requests still answer.
+    assert kill_backends("chatsite-web") >= 1
+    again, _ = login(live_stack.base_url, carol.username, E2E_PASSWORD)  # asserts the login answered 200
+    assert again.get("/api/chats").status_code == 200
+    assert again.get(f"/api/chats/{chat_id}/messages").status_code == 200
+    again.close()
+    # And the worker, on fresh connections, generates the next reply.
+    slow(scripted_model, count=3, delay=0.01)
+    next_reply = send(client, token, new_chat(client, token), carol)
+    assert next_reply.types[-1] == "end"
+
+
+def test_a_reply_whose_worker_dies_on_every_attempt_ends_after_the_last_as_worker_failed(
+    live_stack, session, carol, scripted_model
+):
+    # Each attempt SIGKILLs the worker process before any text (a native crash); Celery delivers the task again.
+    slow(scripted_model, count=3, kill_process_after=0)
+    client, token = session
+    chat_id = new_chat(client, token)
+    received = send(client, token, chat_id, carol)
+    assert received.types == ["start", "error"], received.types
+    error = received.events[-1]
+    assert error["error"] == "worker_failed" and error["retryable"] is False
+    message = Message.objects.get(id=received.events[0]["messageId"])
+    assert message.status == "failed" and message.attempts == 3 and message.content == ""
+    live_stack.wait_worker_ready()
+
+
+def test_a_users_reply_starts_before_another_users_queued_replies(live_stack, session, carol, scripted_model):
+    # One worker slot: bob (carol here) has three long replies running or queued, then alice (dave) sends one.
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    from chats.models import User
+
+    dave = User(username=f"dave-{carol.username[6:]}")
+    dave.password = PBKDF2PasswordHasher().encode(E2E_PASSWORD, PBKDF2PasswordHasher().salt())
+    dave.save()
+    slow(scripted_model, count=10, delay=0.1)
+    client, token = session
+    dave_client, dave_token = login(live_stack.base_url, dave.username, E2E_PASSWORD)
+
+    def send_and_leave(http, csrf, user) -> None:
+        chat_id = new_chat(http, csrf)
+        with http.stream(
+            "POST",
+            f"/api/chats/{chat_id}/messages/stream",
+            json={"content": "long", "modelId": "scripted", "userId": str(user.id)},
+            headers={"X-CSRFToken": csrf},
+        ) as response:
+            assert response.status_code == 200
+
+    for _ in range(3):
+        send_and_leave(client, token, carol)
+    wait_until(lambda: Message.objects.filter(chat__owner=carol, role="assistant", status="streaming").exists())
+    send_and_leave(dave_client, dave_token, dave)
+    wait_until(
+        lambda: not Message.objects.filter(role="assistant", status__in=("queued", "streaming")).exists(), timeout=60
+    )
+
+    carols = list(Message.objects.filter(chat__owner=carol, role="assistant").order_by("created_at"))
+    daves = Message.objects.get(chat__owner=dave, role="assistant")
+    assert all(m.status == "completed" for m in [*carols, daves])
+    assert daves.started_at < carols[1].started_at and daves.started_at < carols[2].started_at
+    # Carol's second reply was passed over for dave's, and said so.
+    second = [json.loads(f["data"]) for _, f in live_stack.redis().xrange(f"{live_stack.key_prefix}{carols[1].id}")]
+    assert [e["type"] for e in second][:2] == ["start", "queued"] and second[1]["position"] == 0
+    assert carols[1].attempts == 1
+    dave_client.close()

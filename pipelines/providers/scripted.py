@@ -6,6 +6,8 @@ Its behaviour comes from `ModelConfig.options`:
 - `first_delay` (seconds, float): an extra pause before the first delta, as a model reading a long prompt;
 - `fail_after` (int): raise a `GenerationError` after emitting this many deltas;
 - `crash_after` (int): raise a plain `RuntimeError` (an unexpected bug) after this many deltas;
+- `kill_process_after` (int): SIGKILL the process running it after this many deltas, as a native crash (a
+  segfault in a model library) or the OOM killer would: for the tests of dead workers only;
 - `finish_reason` (str): reported at the end (default `stop`);
 - `echo_prompt` (bool): write the prompt it was given (JSON of the messages) instead of the script, so that
   tests can see what a workflow sent;
@@ -18,6 +20,8 @@ Usage counts one token per whitespace-separated word of the prompt, one per delt
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -67,6 +71,7 @@ class ScriptedProvider(Provider):
         first_delay = float(options.get("first_delay", 0))
         fail_after = options.get("fail_after")
         crash_after = options.get("crash_after")
+        kill_after = options.get("kill_process_after")
         finish_reason = options.get("finish_reason", "stop")
         if len(script) > max_tokens:
             script, finish_reason = script[:max_tokens], "length"
@@ -78,6 +83,8 @@ class ScriptedProvider(Provider):
                 raise GenerationError("provider_error", "The scripted provider failed on purpose.", retryable=True)
             if crash_after is not None and index == int(crash_after):
                 raise RuntimeError("scripted crash")
+            if kill_after is not None and index == int(kill_after):
+                os.kill(os.getpid(), signal.SIGKILL)
             if delay:
                 time.sleep(delay)
             yield ChatDelta(text=piece)
