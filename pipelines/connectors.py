@@ -285,12 +285,14 @@ def run_read_query(
         ConnectorError: `sql_rejected` before anything runs (or if the database refuses a write),
             `connector_unavailable`, `connector_misconfigured`, `sql_timeout` or `sql_error`; see ConnectorError.
     """
+    # What a query may ask for (a pg_sleep) is the connector's policy; what is left of a reply's time budget
+    # only shortens the statement timeout, so a query that runs out of it is stopped (and reported) as such.
+    statement = check_read_query(sql, timeout_ms=max(1, int(connector.statement_timeout_ms)))
     limit_ms = int(connector.statement_timeout_ms)
     if timeout_ms is not None:
         limit_ms = min(limit_ms, int(timeout_ms))
     # PostgreSQL reads 0 as "no limit", so never send it.
     limit_ms = max(1, limit_ms)
-    statement = check_read_query(sql, timeout_ms=limit_ms)
     url = _database_url(connector)
     try:
         conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="chatsite-connector")

@@ -313,6 +313,7 @@ def test_sql_steps_that_sleep_past_the_budget_end_the_reply_within_about_the_bud
     alice, alice_chat, scripted_model, demo_connector, settings
 ):
     settings.CHATSITE_REPLY_TIME_BUDGET_SECONDS = 1.0
+    demo_connector.users.add(alice)  # connectors are granted, never usable by all
     sleep = {"type": "sql", "connector": "demo", "query": "SELECT pg_sleep(0.7)"}
     workflow = Workflow.objects.create(owner=alice, name="Slow", steps=[sleep] * 3 + [{"type": "generate"}])
     reply = send(alice_chat, scripted_model, workflow=workflow)
