@@ -38,16 +38,10 @@ from chats.models import Message
 
 logger = logging.getLogger(__name__)
 
-QUEUED = "queued"
 # The most waiting replies the fair order is computed over (the oldest ones).
 ORDER_LIMIT = 1000
 # How long a user's last start is remembered (seconds): beyond it, users tie and the older reply goes first.
 SERVED_TTL_SECONDS = 3600
-
-
-def queued_event(position: int) -> events.Event:
-    """The event of a reply waiting for a worker slot: `position` replies will start before it."""
-    return {"type": QUEUED, "position": position}
 
 
 @dataclass(frozen=True)
@@ -171,8 +165,8 @@ def defer(message_id: str, position: int | None) -> None:
         bus = events.bus()
         bus.append(key, {"type": start["type"], "data": events.encode(start)}, entry_id=start_id, maxlen=maxlen,
                    fence=fence)  # fmt: skip
-        event = queued_event(position)
-        bus.append(key, {"type": QUEUED, "data": events.encode(event)}, maxlen=maxlen, fence=fence)
+        event = events.queued_event(position)
+        bus.append(key, {"type": event["type"], "data": events.encode(event)}, maxlen=maxlen, fence=fence)
     except Exception:
         logger.warning("admission: could not publish the queued event of reply %s", message_id, exc_info=True)
     logger.info("reply %s: waits behind other users' replies (position %s); queued again", message_id, position)

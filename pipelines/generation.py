@@ -328,12 +328,10 @@ class ReplyGeneration:
                 kind = step["type"]
                 self.check_budget()
                 if explicit:
-                    self.publish({"type": "step", "step": kind, "state": "started", "index": step_index})
+                    self.publish(events.step_event(kind, "started", step_index))
                 detail = getattr(self, f"_step_{kind}")(step, explicit, step_index)
                 if explicit:
-                    self.publish(
-                        {"type": "step", "step": kind, "state": "finished", "index": step_index, **(detail or {})}
-                    )
+                    self.publish(events.step_event(kind, "finished", step_index, **(detail or {})))
                 self.check_cancel()
             return self._complete()
         except Cancelled:
@@ -373,7 +371,7 @@ class ReplyGeneration:
         if not self._flush_before_end():
             return
         try:
-            self.publisher.publish(self.message_id, {"type": "step", "step": kind, "state": "failed", "index": index})
+            self.publisher.publish(self.message_id, events.step_event(kind, "failed", index))
         except StreamClosed:
             self.stream_closed = True
         except Exception:
@@ -685,11 +683,11 @@ class ReplyGeneration:
                 args: Any = json.loads(call.arguments or "{}")
             except json.JSONDecodeError:
                 args = call.arguments
-            self.publish({"type": "tool_call", "callId": call.id, "toolName": call.name, "toolArgs": args})
+            self.publish(events.tool_call_event(call.id, call.name, args))
             outcome = run_tool(call.name, call.arguments, context)
             record = {"callId": call.id, "toolName": call.name, "toolArgs": args, **outcome}
             self.tool_records.append(record)
-            self.publish({"type": "tool_result", "callId": call.id, "toolName": call.name, **_result_fields(outcome)})
+            self.publish(events.tool_result_event(call.id, call.name, outcome))
             answers.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(outcome, default=str)})
         return [asked, *answers]
 
@@ -782,10 +780,3 @@ class ReplyGeneration:
         with contextlib.suppress(StreamClosed):
             self.publisher.publish(self.message_id, events.error_event(code=code, message=text, retryable=retryable))
         return Message.Status.FAILED
-
-
-def _result_fields(outcome: dict[str, Any]) -> dict[str, Any]:
-    """A tool outcome as `tool_result` event fields: `result`, plus `error` when the tool failed."""
-    if "error" in outcome:
-        return {"result": None, "error": outcome["error"]}
-    return {"result": outcome["result"]}
