@@ -81,15 +81,13 @@ ERROR = inline_serializer(
         )
     },
 )
-MODEL = inline_serializer(
-    "OpenAIModel",
-    {
-        "id": serializers.CharField(),
-        "object": serializers.CharField(),
-        "created": serializers.IntegerField(),
-        "owned_by": serializers.CharField(),
-    },
-)
+MODEL_FIELDS = {
+    "id": serializers.CharField(),
+    "object": serializers.CharField(),
+    "created": serializers.IntegerField(),
+    "owned_by": serializers.CharField(),
+}
+MODEL = inline_serializer("OpenAIModel", MODEL_FIELDS)
 
 
 def _model_objects(user) -> list[dict[str, Any]]:
@@ -119,10 +117,17 @@ class ModelsView(OpenAIErrorsMixin, APIView):
     """`GET /v1/models`: the models and workflows the caller may name as `model`."""
 
     @extend_schema(
+        operation_id="v1_models_list",
         responses={
-            200: inline_serializer("OpenAIModelList", {"object": serializers.CharField(), "data": MODEL}),
+            200: inline_serializer(
+                "OpenAIModelList",
+                {
+                    "object": serializers.CharField(),
+                    "data": inline_serializer("OpenAIModelItem", MODEL_FIELDS, many=True),
+                },
+            ),
             401: ERROR,
-        }
+        },
     )
     def get(self, request: Request) -> Response:
         return Response({"object": "list", "data": _model_objects(request.user)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from chats.fields import StrictCharField, StrictChoiceField
@@ -53,6 +54,17 @@ def resolve_model(user: User, name: str) -> tuple[ModelConfig, Workflow | None] 
     return (model, workflow) if model is not None else None
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {"type": "object", "properties": {"type": {"type": "string"}, "text": {"type": "string"}}},
+            },
+        ]
+    }
+)
 class ContentField(serializers.Field):
     """A message's `content`: a string, or a list of `{"type": "text", "text": ...}` parts (joined)."""
 
@@ -100,6 +112,7 @@ class StreamOptionsSerializer(serializers.Serializer):
     include_usage = serializers.BooleanField(required=False, default=False)
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]})
 class StopField(serializers.Field):
     """`stop`: one string or up to four; each at most 200 characters."""
 
