@@ -91,14 +91,7 @@ def publish_terminal(message_id: str, event: events.Event) -> str | None:
     Raises:
         redis.RedisError: when Redis cannot be reached.
     """
-    entry_id, _ = events.bus().append(
-        events.stream_key(message_id),
-        {"type": event["type"], "data": events.encode(event)},
-        maxlen=settings.CHATSITE_STREAM_MAXLEN,
-        expire_seconds=settings.CHATSITE_STREAM_TTL_SECONDS,
-        fence=(fence_key(message_id), CLOSED),
-    )
-    return entry_id
+    return _append_past_fence(message_id, event, CLOSED, expire_seconds=settings.CHATSITE_STREAM_TTL_SECONDS)
 
 
 def publish_before_terminal(message_id: str, event: events.Event) -> str | None:
@@ -108,11 +101,17 @@ def publish_before_terminal(message_id: str, event: events.Event) -> str | None:
     Raises:
         redis.RedisError: when Redis cannot be reached.
     """
+    return _append_past_fence(message_id, event, CLOSED - 1)
+
+
+def _append_past_fence(message_id: str, event: events.Event, token: int, **options: object) -> str | None:
+    """Append `event` with fence `token` (see chats.bus's append script); the entry id, or None if refused."""
     entry_id, _ = events.bus().append(
         events.stream_key(message_id),
         {"type": event["type"], "data": events.encode(event)},
         maxlen=settings.CHATSITE_STREAM_MAXLEN,
-        fence=(fence_key(message_id), CLOSED - 1),
+        fence=(fence_key(message_id), token),
+        **options,
     )
     return entry_id
 
