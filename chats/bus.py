@@ -117,7 +117,7 @@ class EventBus(ABC):
 CLOSED = 2**52
 
 # XADD, and in the same atomic step PUBLISH the new entry on the channel named like the stream, so that readers
-# that follow many streams (chats.events.StreamMux) learn of each entry without polling or re-issuing a
+# that follow many streams (chats.mux.StreamMux) learn of each entry without polling or re-issuing a
 # blocking XREAD over every stream they follow. The message is the entry id, then the fields' names and values,
 # joined by NUL characters (see `decode_entry`). KEYS: the stream, then optionally a flag key whose existence
 # is reported (or '' for none), then optionally a fence key. ARGV: the entry id (or `*`), MAXLEN (approximate),

@@ -1,4 +1,4 @@
-"""The multiplexed stream reader (`chats.events.StreamMux`) behind `read_events`, on real Redis.
+"""The multiplexed stream reader (`chats.mux.StreamMux`) behind `read_events`, on real Redis.
 
 Each test runs its own event loop (`asyncio.run`), so each gets its own reader; no timing is asserted.
 """
@@ -12,8 +12,10 @@ import pytest
 import redis
 
 from chats import events
+from chats import mux as mux_module
 from chats.bus import MAX_ID_PART
-from chats.events import EventPublisher, StreamMux, read_events
+from chats.events import EventPublisher, read_events
+from chats.mux import StreamMux
 
 _publishers: list[EventPublisher] = []
 
@@ -180,7 +182,7 @@ def test_a_backlog_longer_than_one_read_is_read_whole(settings):
     publish("long", events.end_event(message_id="long", finish_reason="stop", prompt_tokens=0, completion_tokens=23))
 
     async def scenario():
-        mux = events._muxes[asyncio.get_running_loop()] = StreamMux(settings.REDIS_URL, count=5)
+        mux = mux_module._muxes[asyncio.get_running_loop()] = StreamMux(settings.REDIS_URL, count=5)
         return await collect("long"), mux
 
     items, _mux = asyncio.run(scenario())
@@ -393,5 +395,5 @@ def test_a_relay_retrying_redis_stops_when_its_client_leaves_and_logs_the_outage
     assert before >= 3 and len(attempts) == before, attempts
     warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelname == "WARNING"]
     # One warning from the relay and one from the shared reader, for the whole outage.
-    assert [name for name, _ in warnings] == ["chats.events", "chats.streaming"], warnings
+    assert [name for name, _ in warnings] == ["chats.mux", "chats.streaming"], warnings
     assert warnings[1][1].startswith("relay of gone lost Redis"), warnings
