@@ -38,7 +38,8 @@ from chats.actions import (
 from chats.events import EventPublisher, Heartbeat, StreamClosed
 from chats.models import Message
 from pipelines import admission
-from pipelines.generation import ReplyGeneration, branch_history, build_prompt, replace_broken_connections
+from pipelines.generation import ReplyGeneration, replace_broken_connections
+from pipelines.prompts import branch_history, build_prompt
 
 __all__ = ["branch_history", "build_prompt", "end_lost_replies", "fail_unstarted_reply", "run_reply"]
 

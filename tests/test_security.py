@@ -198,7 +198,7 @@ def test_a_body_over_the_size_limit_is_413_and_writes_nothing(settings, alice_cl
 
 
 def test_history_sent_to_a_model_is_capped(settings, alice_chat, scripted_model):
-    from pipelines.generation import build_prompt
+    from pipelines.prompts import build_prompt
     from pipelines.providers.scripted import ScriptedProvider
 
     settings.CHATSITE_MAX_HISTORY_MESSAGES = 3
