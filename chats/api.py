@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chats import actions
+from chats import actions, lifecycle
 from chats.access import access_api_key, access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
@@ -296,7 +296,7 @@ class CancelReplyView(AsyncAPIView):
     @extend_schema(request=None, responses={200: MessageSerializer, 409: ERROR_SHAPE, 403: ERROR_SHAPE})
     async def post(self, request: Request, chat_id: str, message_id: str) -> Response:
         _, message = await sync_to_async(access_message)(request.user, chat_id, message_id)
-        message = await actions.do_cancel_reply(message)
+        message = await lifecycle.do_cancel_reply(message)
         return Response(await sync_to_async(lambda: MessageSerializer(message).data)())
 
 

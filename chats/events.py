@@ -49,7 +49,7 @@ from chats.event_schema import (  # noqa: F401
     tool_call_event,
     tool_result_event,
 )
-from chats.mux import StreamMux, stream_mux  # noqa: F401 (StreamMux: the relay's reader, named here too)
+from chats.mux import stream_mux
 
 logger = logging.getLogger(__name__)
 

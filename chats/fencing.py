@@ -26,7 +26,7 @@ wins), and only the winner publishes one. A terminal event closes the fence (`CL
 nothing is appended after it, and a second terminal event (a retry whose first try landed during a Redis restart,
 or a recovery racing the winner) is refused: a stream holds at most one. A reply saved as ended whose terminal
 event never made it to its stream (its worker stopped between the save and the publish) gets it from the saved
-row (`chats.actions.do_publish_saved_terminal`).
+row (`chats.lifecycle.do_publish_saved_terminal`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ API serializer declares its string fields with these classes and derives its mod
 `StrictModelSerializer`. tests/test_strict_strings.py walks every serializer to keep it so.
 
 Also refused, in the same place: text that cannot be stored as UTF-8 (a lone surrogate such as "\\ud800",
-which JSON can spell but PostgreSQL cannot hold).
+which JSON can spell but PostgreSQL cannot hold) and text with a NUL character (which PostgreSQL refuses).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class StrictString:
     default_error_messages = {
         "not_a_string": "Must be a string, not {kind}.",
         "unencodable": "Must be valid Unicode text (it holds a lone surrogate).",
+        "null_character": "Must not hold NUL characters (\\x00).",
     }
 
     def run_validation(self, data: Any = empty) -> Any:
@@ -53,6 +54,9 @@ class StrictString:
                 data.encode("utf-8")
             except UnicodeEncodeError:
                 self.fail("unencodable")
+            if "\x00" in data:
+                # PostgreSQL cannot hold it in text, nor look it up: a lookup field would answer 500.
+                self.fail("null_character")
         return super().run_validation(data)
 
 

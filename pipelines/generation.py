@@ -24,8 +24,8 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
 from chats import events
-from chats.actions import do_finish_reply
 from chats.events import EventPublisher, StreamClosed
+from chats.lifecycle import do_finish_reply
 from chats.limits import do_record_usage, quota_left
 from chats.models import Message
 from pipelines.models import Connector, ModelConfig

@@ -24,7 +24,9 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from chats import events, fencing
-from chats.actions import (
+from chats.actions import enqueue_reply
+from chats.events import EventPublisher, Heartbeat, StreamClosed
+from chats.lifecycle import (
     attempts_exhausted,
     do_claim_reply,
     do_end_failed_reply,
@@ -33,9 +35,7 @@ from chats.actions import (
     do_publish_saved_terminal,
     do_reclaim_reply,
     do_requeue_reply,
-    enqueue_reply,
 )
-from chats.events import EventPublisher, Heartbeat, StreamClosed
 from chats.models import Message
 from pipelines import admission
 from pipelines.generation import ReplyGeneration, replace_broken_connections

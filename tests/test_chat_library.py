@@ -253,7 +253,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from chats import actions
+from chats import actions, lifecycle
 from chats.models import Chat, Message, User
 from chats.search import ensure_sqlite_index
 
@@ -272,7 +272,7 @@ Message.objects.create(chat=old, role="user", content="An archived note about a 
 secret = Chat.objects.create(owner=bob, title="Bob's lighthouse secrets")
 Message.objects.create(chat=secret, role="user", content="bob secret lighthouse treasure", created_at=now)
 # A reply's text arrives in one UPDATE when it ends (the trigger on UPDATE OF content indexes it).
-actions.do_finish_reply(
+lifecycle.do_finish_reply(
     str(reply.id), status="completed", content="High tide at Portree is at 6:40, says the lighthouse keeper."
 )
 

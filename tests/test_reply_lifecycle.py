@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.db import connection, connections
 from django.utils import timezone
 
-from chats import actions, fencing
+from chats import actions, fencing, lifecycle
 from chats.events import EventPublisher, StreamClosed, snapshot, stream_key, sync_redis
 from chats.models import Chat, Message
 from pipelines import admission
@@ -138,13 +138,13 @@ def test_text_a_live_worker_writes_while_its_reply_is_ended_elsewhere_never_land
     # restart and ended the reply from its stream; the worker's delayed write landed between that read and the
     # terminal event, so readers saw text that was not saved.
     reply = send(alice_chat, scripted_model)
-    claimed = actions.do_claim_reply(str(reply.id))
+    claimed = lifecycle.do_claim_reply(str(reply.id))
     worker = EventPublisher()
     fencing.fenced(worker).write_as(str(reply.id), fencing.worker_token(claimed.attempts))
     worker.publish(str(reply.id), {"type": "start", "messageId": str(reply.id)})
     worker.publish(str(reply.id), {"type": "content", "delta": "Hello"})
 
-    real_snapshot = actions.events.snapshot
+    real_snapshot = lifecycle.events.snapshot
     late = []
 
     def snapshot_then_the_worker_writes(message_id):
@@ -157,15 +157,15 @@ def test_text_a_live_worker_writes_while_its_reply_is_ended_elsewhere_never_land
         return taken
 
     with monkeypatch.context() as patched:
-        patched.setattr(actions.events, "snapshot", snapshot_then_the_worker_writes)
-        assert actions.do_end_lost_reply(str(reply.id))
+        patched.setattr(lifecycle.events, "snapshot", snapshot_then_the_worker_writes)
+        assert lifecycle.do_end_lost_reply(str(reply.id))
 
     assert late == ["refused"]
     reply.refresh_from_db()
     assert types(reply.id) == ["start", "content", "error"]
     assert snapshot(str(reply.id)).text == reply.content == "Hello"
     # Nor can the worker save its own ending any more.
-    assert not actions.do_finish_reply(str(reply.id), status="completed", content="Hello, world", attempt=1)
+    assert not lifecycle.do_finish_reply(str(reply.id), status="completed", content="Hello, world", attempt=1)
 
 
 def test_a_worker_whose_reply_is_ended_elsewhere_stops_without_saving_or_writing_after_the_end(
@@ -177,7 +177,7 @@ def test_a_worker_whose_reply_is_ended_elsewhere_stops_without_saving_or_writing
         def publish(self, message_id, event):
             published = super().publish(message_id, event)
             if event["type"] == "content":
-                actions.do_end_lost_reply(message_id)  # the watchdog, thinking the worker dead
+                lifecycle.do_end_lost_reply(message_id)  # the watchdog, thinking the worker dead
             return published
 
     assert run_reply(str(reply.id), EndedElsewhereAfterFirstContent()) is None
@@ -188,7 +188,7 @@ def test_a_worker_whose_reply_is_ended_elsewhere_stops_without_saving_or_writing
 
 def test_a_worker_taken_over_can_neither_write_nor_save(alice_chat, scripted_model):
     reply = send(alice_chat, scripted_model)
-    first = actions.do_claim_reply(str(reply.id))
+    first = lifecycle.do_claim_reply(str(reply.id))
     stale = EventPublisher()
     fencing.fenced(stale).write_as(str(reply.id), fencing.worker_token(first.attempts))
     stale.publish(str(reply.id), {"type": "start", "messageId": str(reply.id)})
@@ -197,7 +197,7 @@ def test_a_worker_taken_over_can_neither_write_nor_save(alice_chat, scripted_mod
     assert run_reply(str(reply.id), redelivered=True) == "completed"
     with pytest.raises(StreamClosed):
         stale.publish(str(reply.id), {"type": "content", "delta": "stale text"})
-    assert not actions.do_finish_reply(str(reply.id), status="completed", content="stale text", attempt=1)
+    assert not lifecycle.do_finish_reply(str(reply.id), status="completed", content="stale text", attempt=1)
     reply.refresh_from_db()
     assert reply.attempts == 2 and reply.content == "Hello, world!" == snapshot(str(reply.id)).text
     assert types(reply.id).count("start") == 1 and types(reply.id).count("end") == 1
@@ -240,7 +240,7 @@ def test_a_redelivery_after_a_worker_died_between_its_save_and_its_end_event_pub
     alice_chat, scripted_model
 ):
     reply = as_streaming(send(alice_chat, scripted_model), attempts=1)
-    assert actions.do_finish_reply(str(reply.id), status="completed", content="", finish_reason="stop", attempt=1)
+    assert lifecycle.do_finish_reply(str(reply.id), status="completed", content="", finish_reason="stop", attempt=1)
     assert run_reply(str(reply.id), redelivered=True) is None
     assert run_reply(str(reply.id), redelivered=True) is None
     assert types(reply.id) == ["start", "end"]
@@ -388,7 +388,7 @@ def test_a_slot_goes_to_another_users_waiting_reply_and_the_passed_over_one_wait
     # Cancelled while it waits: one end, cancelled, and its next delivery does nothing.
     async def cancel() -> Message:
         try:
-            return await actions.do_cancel_reply(bobs[1])
+            return await lifecycle.do_cancel_reply(bobs[1])
         finally:
             await sync_to_async(connections.close_all)()  # the thread it used lets go of its connection
 

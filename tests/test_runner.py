@@ -10,7 +10,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from chats import actions
-from chats.events import EventPublisher, stream_key, sync_redis
+from chats.events import EventPublisher, request_cancel, stream_key, sync_redis
 from chats.models import Message
 from chats.streaming import CONNECTED, relay
 from pipelines.models import Workflow
@@ -306,7 +306,7 @@ def test_a_cancel_is_noticed_on_a_batched_publish_and_the_saved_text_is_what_was
         def publish(self, message_id, event):
             published = super().publish(message_id, event)
             if event["type"] == "content":
-                actions.events.request_cancel(message_id)
+                request_cancel(message_id)
             return published
 
     reply = send(alice_chat, scripted_model)

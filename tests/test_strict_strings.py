@@ -99,6 +99,12 @@ def test_text_with_a_lone_surrogate_is_400_not_a_database_error(alice_client):
     assert response.status_code == 400 and "Unicode" in " ".join(response.json()["fields"]["title"])
 
 
+def test_a_nul_character_in_a_looked_up_name_is_400_not_a_database_error(alice_client, minilm):
+    # The fuzzer found it: a slug that names an embedding model is looked up in PostgreSQL, which refuses NUL.
+    response = alice_client.post("/api/collections", {"name": "n", "embeddingModel": "all\x00minilm"}, format="json")
+    assert response.status_code == 400 and "NUL" in " ".join(response.json()["fields"]["embeddingModel"])
+
+
 @pytest.mark.parametrize("value", NOT_STRINGS)
 def test_login_fields(alice, value):
     client, token = csrf_client()
