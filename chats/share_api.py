@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from chats.access import access_chat, parse_uuid
 from chats.api import ERROR_SHAPE, SSE_RESPONSE, requested_last_event_id
-from chats.fields import StrictChoiceField, StrictModelSerializer
+from chats.fields import StrictCharField, StrictChoiceField, StrictModelSerializer
 from chats.models import Message, Share
 from chats.share_stream import share_stream_response
 from chats.sharing import access_share, do_create_share, do_revoke_share, live_shares, shared_message, shared_view
@@ -76,24 +76,24 @@ class CreateShareSerializer(serializers.Serializer):
 
 class SharedSourceSerializer(serializers.Serializer):
     number = serializers.IntegerField(allow_null=True)
-    title = serializers.CharField()
-    snippet = serializers.CharField()
+    title = StrictCharField()
+    snippet = StrictCharField()
 
 
 class SharedToolCallSerializer(serializers.Serializer):
-    toolName = serializers.CharField()
-    result = serializers.CharField(help_text="The tool's result as text.")
+    toolName = StrictCharField()
+    result = StrictCharField(help_text="The tool's result as text.")
 
 
 class SharedMessageSerializer(serializers.Serializer):
     """A message of a shared chat; `ref` names it within this share only (for its stream)."""
 
-    ref = serializers.CharField()
-    role = serializers.CharField()
-    content = serializers.CharField()
-    status = serializers.CharField()
+    ref = StrictCharField()
+    role = StrictCharField()
+    content = StrictCharField()
+    status = StrictCharField()
     createdAt = serializers.DateTimeField()
-    finishReason = serializers.CharField()
+    finishReason = StrictCharField()
     sources = SharedSourceSerializer(many=True)
     toolCalls = SharedToolCallSerializer(many=True)
 
@@ -101,7 +101,7 @@ class SharedMessageSerializer(serializers.Serializer):
 class SharedChatSerializer(serializers.Serializer):
     """What a share link shows: the chat's title and its current branch, oldest first."""
 
-    title = serializers.CharField()
+    title = StrictCharField()
     messages = SharedMessageSerializer(many=True)
 
 
