@@ -15,7 +15,7 @@ from chats.actions import do_create_api_key
 from chats.event_schema import EVENT_TYPES, check_event
 from chats.models import Chat, Message, Share
 from chats.share_stream import viewer_event, watched
-from chats.sharing import do_create_share, do_revoke_share, mark_revoked, message_ref
+from chats.sharing import do_create_share, do_revoke_share, is_revoked, mark_revoked, message_ref
 
 SOURCE = {
     "id": "src-1", "number": 1, "title": "Handbook", "snippet": "Cats sleep a lot.", "score": 0.9,
@@ -310,3 +310,11 @@ def test_an_expiring_link_ends_its_open_streams(alice_chat):
     chunks = asyncio.run(watch())
     assert len(chunks) == 1 and b"share_unavailable" in chunks[0]
     assert time.monotonic() - started < 1.5
+
+
+def test_in_embedded_mode_the_revoked_flag_lives_in_the_process(alice_chat, settings):
+    settings.CHATSITE_EMBEDDED = True
+    share, _ = do_create_share(alice_chat)
+    assert asyncio.run(is_revoked(str(share.id))) is False
+    do_revoke_share(share)
+    assert asyncio.run(is_revoked(str(share.id))) is True
