@@ -180,3 +180,30 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.day}: {self.tokens} tokens"
+
+
+class Share(models.Model):
+    """A read-only link to a chat's current branch (issue 18): `/s/<token>` and `/api/shares/<token>`.
+
+    Only a SHA-256 hash of the token is stored (as `ApiKey`); the token is shown once, when the link is made.
+    `audience` is `anyone` (the link alone is enough) or `logged_in` (any logged-in user with the link). A link
+    stops working when it is revoked (`revoked_at`) or expires (`expires_at`, none: never).
+    """
+
+    class Audience(models.TextChoices):
+        ANYONE = "anyone"
+        LOGGED_IN = "logged_in"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="shares")
+    token_hash = models.CharField(max_length=64, unique=True)
+    audience = models.CharField(max_length=16, choices=Audience.choices, default=Audience.ANYONE)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"share {self.id} of chat {self.chat_id}"

@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from chats import api, library_api
+from chats import api, library_api, share_api
 from knowledge import api as knowledge_api
 from pipelines import api as pipelines_api
 
@@ -36,6 +36,15 @@ urlpatterns = [
         "chats/<str:chat_id>/messages/<str:message_id>/regenerate",
         api.RegenerateView.as_view(),
         name="api-message-regenerate",
+    ),
+    # Share links (issue 18).
+    path("chats/<str:chat_id>/shares", share_api.ChatShareListView.as_view(), name="api-chat-shares"),
+    path("chats/<str:chat_id>/shares/<str:share_id>", share_api.ChatShareDetailView.as_view(), name="api-chat-share"),
+    path("shares/<str:token>", share_api.SharedChatView.as_view(), name="api-share"),
+    path(
+        "shares/<str:token>/messages/<str:message_ref>/stream",
+        share_api.SharedReplyStreamView.as_view(),
+        name="api-share-stream",
     ),
     path("workflows", pipelines_api.WorkflowListView.as_view(), name="api-workflows"),
     path("workflows/<str:workflow_id>", pipelines_api.WorkflowDetailView.as_view(), name="api-workflow"),

@@ -255,6 +255,9 @@ CHATSITE_SSE_PING_SECONDS = env.float("CHATSITE_SSE_PING_SECONDS", default=15.0)
 CHATSITE_STREAM_MAXLEN = env.int("CHATSITE_STREAM_MAXLEN", default=20000)  # entries per reply stream
 CHATSITE_STREAM_TTL_SECONDS = env.int("CHATSITE_STREAM_TTL_SECONDS", default=3600)  # kept after the end
 CHATSITE_STREAM_KEY_PREFIX = env.str("CHATSITE_STREAM_KEY_PREFIX", default="chatsite:stream:")
+# Share links (issue 18): how often (seconds) a viewer's stream checks whether its link was revoked or expired,
+# so that revoking ends open viewers' streams within about this long.
+CHATSITE_SHARE_CHECK_SECONDS = env.float("CHATSITE_SHARE_CHECK_SECONDS", default=0.25)
 # Milliseconds over which the worker joins a reply's text deltas into one `content` event (one XADD). The
 # first delta of each answer goes out at once; the rest are sent at most once per window, and everything
 # pending is sent before any other event and at the end. 0 sends every delta as it comes.

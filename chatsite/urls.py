@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from chats import views
+from chats import share_views, views
 from knowledge import views as knowledge_views
 from protocols import urls as protocol_urls
 
@@ -26,6 +26,7 @@ urlpatterns = [
     path("keys", views.api_keys_page, name="api-keys-page"),
     path("documents", knowledge_views.documents_page, name="documents-page"),
     path("documents/<str:document_id>", knowledge_views.document_page, name="document-page"),
+    path("s/<str:token>", share_views.share_page, name="share-page"),  # share links (issue 18)
     path("admin/", admin.site.urls),
     path("api/", include("chats.urls")),
     path("v1/", include(protocol_urls.v1_urlpatterns)),

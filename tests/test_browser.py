@@ -695,3 +695,71 @@ def test_pin_archive_export_and_import_from_the_page(page, carol, tmp_path):
     assert report.is_hidden()
     assert Chat.objects.filter(owner=carol, title="Older chat").count() == 2
     page.wait_for_selector("#chat-list a:has-text('Older chat')")  # the copy is pinned, not archived
+
+
+def test_a_share_link_shows_a_reply_streaming_live_to_a_visitor_until_it_is_revoked(
+    page, browser, live_stack, carol, scripted_model
+):
+    from chats.models import Share
+
+    scripted_model.options = {"script": ["Cats ", "*sleep*."]}
+    scripted_model.save()
+    send(page, "What do cats do?")
+    wait_finished(page)
+    page.get_by_role("button", name="Share").click()
+    dialog = page.get_by_role("dialog", name="Share this chat")
+    dialog.get_by_role("button", name="Create link").click()
+    url_box = dialog.get_by_label("New link (shown only now)")
+    url_box.wait_for()
+    url = url_box.input_value()
+    assert "/s/" in url
+    assert dialog.locator("#share-list li").count() == 1
+    shot(page, "23-share-dialog.png")
+    dialog.get_by_role("button", name="Close").click()
+
+    # A visitor with no session opens the link in a browser of their own.
+    visitor_context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=live_stack.base_url)
+    visitor = visitor_context.new_page()
+    try:
+        visitor.goto(url.split(live_stack.base_url, 1)[-1])
+        visitor.wait_for_selector("article.message.assistant .body em")
+        assert visitor.locator("#share-title").inner_text() == "What do cats do?"
+        assert visitor.locator("article.message.assistant .body").inner_text().strip() == "Cats sleep."
+        assert visitor.locator("#prompt").count() == 0 and visitor.locator("#chat-list").count() == 0
+
+        words = [f"word{i} " for i in range(16)]
+        scripted_model.options = {"script": words, "delay": 0.25}
+        scripted_model.save()
+        send(page, "Tell me sixteen words")
+        visitor.wait_for_selector("article.message.assistant.generating", timeout=10_000)
+        lengths = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            reply = visitor.locator("article.message.assistant").last
+            lengths.append(len(reply.locator(".body").inner_text()))
+            if len(lengths) == 6:
+                shot(visitor, "24-share-visitor-streaming.png")
+            if "generating" not in (reply.get_attribute("class") or ""):
+                break
+            time.sleep(0.1)
+        growth = sorted(set(n for n in lengths if 0 < n < len("".join(words).strip())))
+        assert len(growth) >= 3, f"the visitor did not see the text grow: {lengths}"
+        reply = visitor.locator("article.message.assistant").last
+        assert reply.locator(".body").inner_text().strip() == "".join(words).strip()
+        assert visitor.locator("article.message.user").last.inner_text().endswith("Tell me sixteen words")
+
+        # The owner revokes the link: the open page empties, and the link answers 404 from now on.
+        wait_finished(page)
+        page.get_by_role("button", name="Share").click()
+        dialog.locator("#share-list li").get_by_role("button", name="Revoke").click()
+        dialog.get_by_text("No links yet.").wait_for()
+        assert Share.objects.get(chat__owner=carol).revoked_at is not None
+        visitor.get_by_text("This share link does not exist or is no longer available.").wait_for(timeout=5_000)
+        assert visitor.locator("article.message").count() == 0
+        response = visitor.reload()
+        assert response.status == 404
+        assert "no longer available" in visitor.locator("main").inner_text()
+        assert "word1" not in visitor.content()
+        shot(visitor, "25-share-revoked.png")
+    finally:
+        visitor_context.close()

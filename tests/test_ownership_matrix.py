@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from chats.models import ApiKey, Chat, Message, User
+from chats.sharing import do_create_share, message_ref
 from knowledge.models import Chunk, Collection, Document
 from pipelines.models import Workflow
 from tests.conftest import logged_in_client
@@ -50,6 +51,11 @@ MATRIX = {
     "api/chats/<str:chat_id>/messages/<str:message_id>/stream": {"GET": (200, 403, 403, 401)},
     "api/chats/<str:chat_id>/messages/<str:message_id>/cancel": {"POST": (409, 403, 403, 401)},  # it finished
     "api/chats/<str:chat_id>/messages/<str:message_id>/regenerate": {"POST": (200, 403, 403, 401)},
+    # Share links (issue 18): the owner's list and revocation, and a link's reading by anyone who has its token.
+    "api/chats/<str:chat_id>/shares": {"GET": (200, 403, 403, 401), "POST": (201, 403, 403, 401)},
+    "api/chats/<str:chat_id>/shares/<str:share_id>": {"DELETE": (204, 403, 403, 401)},
+    "api/shares/<str:token>": {"GET": (200, 200, 200, 200)},
+    "api/shares/<str:token>/messages/<str:message_ref>/stream": {"GET": (200, 200, 200, 200)},
     "api/workflows": {"GET": (200, 200, 200, 401), "POST": (400, 400, 400, 401)},  # an empty body
     "api/workflows/<str:workflow_id>": {
         "GET": (200, 403, 403, 401),
@@ -146,6 +152,15 @@ def world(alice, bob, minilm, django_capture_on_commit_callbacks):
         document=document, collection=collection, index=0, text="alice secret document", start=0, end=21,
         token_count=3, dimensions=3, embedding=[1.0, 0.0, 0.0],
     )  # fmt: skip
+    # A share link of another of alice's chats, with nothing secret in it (what it shows is for anyone).
+    shared = Chat.objects.create(owner=alice, title="Alice shared chat")
+    shared_question = Message.objects.create(chat=shared, role="user", content="shared question", created_at=now)
+    shared_reply = Message.objects.create(
+        chat=shared, role="assistant", content="shared answer", status="completed", parent=shared_question,
+        model_id="scripted", created_at=now, completed_at=now,
+    )  # fmt: skip
+    share, share_token = do_create_share(shared)
+    revocable, _ = do_create_share(chat)  # never opened here: its chat's secrets stay with the owner
     clients = {
         "owner": logged_in_client(alice),
         "other": logged_in_client(bob),
@@ -164,6 +179,9 @@ def world(alice, bob, minilm, django_capture_on_commit_callbacks):
         "model": "workflow/wf",
         "workspace": "default",
         "pipeline": "wf",
+        "share_id": revocable.id,
+        "token": share_token,
+        "message_ref": message_ref(share, str(shared_reply.id)),
     }
     with django_capture_on_commit_callbacks(execute=False):  # no worker runs here
         yield clients, ids
@@ -199,6 +217,7 @@ PAGE_MATRIX = {
     "keys": (200, 200, 200, 302),
     "documents": (200, 200, 200, 302),
     "documents/<str:document_id>": (200, 403, 403, 302),
+    "s/<str:token>": (200, 200, 200, 200),  # a share link: anyone with it
 }
 
 

@@ -5,6 +5,7 @@ import { api, listAll, request } from "./api.js";
 import { readEvents } from "./sse.js";
 import { allowImageHosts, renderMarkdown } from "./markdown.js";
 import { setupLibrary } from "./library.js";
+import { setupShare } from "./share.js";
 
 const boot = JSON.parse(document.getElementById("boot").textContent);
 allowImageHosts(boot.imageHosts);
@@ -63,6 +64,9 @@ const library = setupLibrary({
   announce: (text) => announce(text),
   closeSidebar: () => setSidebar(false),
 });
+
+// Share links (share.js).
+const share = setupShare({ getChat: () => state.chat, announce: (text) => announce(text) });
 
 // --- API -------------------------------------------------------------------------------------------------
 
@@ -504,6 +508,7 @@ function showChatControls(on) {
   ui.renameButton.disabled = !on;
   ui.deleteButton.disabled = !on;
   library.showChat(on ? state.chat : null);
+  share.showChat(on ? state.chat : null);
 }
 
 function newChat({ push } = {}) {
