@@ -713,6 +713,7 @@ def test_a_share_link_shows_a_reply_streaming_live_to_a_visitor_until_it_is_revo
     url_box.wait_for()
     url = url_box.input_value()
     assert "/s/" in url
+    dialog.locator("#share-list li").first.wait_for()  # the list is fetched again after the link is made
     assert dialog.locator("#share-list li").count() == 1
     shot(page, "23-share-dialog.png")
     dialog.get_by_role("button", name="Close").click()
