@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chats import actions
+from chats import actions, branches
 from chats.access import access_api_key, access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
@@ -27,7 +27,9 @@ from chats.limits import check_send_limits
 from chats.models import ApiKey, Chat, Message
 from chats.serializers import (
     ApiKeySerializer,
+    BranchMessageSerializer,
     ChatSerializer,
+    EditMessageSerializer,
     LoginSerializer,
     MessageSerializer,
     ModelSerializer,
@@ -151,14 +153,35 @@ class ChatDetailView(generics.RetrieveUpdateDestroyAPIView):
         actions.do_delete_chat(instance)
 
 
+BRANCH_PARAMETER = OpenApiParameter(
+    "branch",
+    str,
+    OpenApiParameter.QUERY,
+    required=False,
+    description="A message id: list only the branch ending at it (its chain of parents); 'latest': the newest's.",
+)
+
+
 class MessageListView(generics.ListAPIView):
-    """`GET /api/chats/<chatId>/messages`: the chat's messages, oldest first, paginated."""
+    """`GET /api/chats/<chatId>/messages`: the chat's messages, oldest first, paginated, each with its
+    `siblingIds`; `?branch=<messageId>` lists only the branch ending at that message, `?branch=latest` the
+    newest message's (404 for a message not in the chat, 400 for an id that is not a UUID)."""
 
-    serializer_class = MessageSerializer
+    serializer_class = BranchMessageSerializer
 
-    def get_queryset(self):
-        chat = access_chat(self.request.user, self.kwargs["chat_id"])
-        return chat.messages.order_by("created_at")
+    @extend_schema(parameters=[BRANCH_PARAMETER])
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        chat = access_chat(request.user, kwargs["chat_id"])
+        # One query for the chat's messages; siblings and the branch are worked out in memory.
+        messages = list(chat.messages.order_by("created_at", "id"))
+        siblings = branches.sibling_ids(messages)
+        leaf = request.query_params.get("branch")
+        if leaf is not None:
+            messages = branches.branch_of(messages, leaf)
+        page = self.paginate_queryset(messages)
+        return self.get_paginated_response(
+            BranchMessageSerializer(page, many=True, context={"siblings": siblings}).data
+        )
 
 
 SSE_RESPONSE = OpenApiResponse(
@@ -259,6 +282,7 @@ class MessageStreamView(APIView):
             workflow=body.validated_workflow() if "workflowId" in request.data else usable_chat_workflow(chat),
             idempotency_key=key,
             attachments=body.validated_data["attachments"],
+            parent_id=branches.parent_in_chat(chat, body.validated_data.get("parentId")),
         )
         return stream_reply(reply)
 
@@ -330,6 +354,42 @@ class RegenerateView(APIView):
         workflow = body.validated_data.get("workflowId", message.workflow)
         check_send_limits(request, self, chat)
         reply = actions.do_regenerate_reply(chat, message, model=model, workflow=workflow)
+        return stream_reply(reply)
+
+
+class EditMessageView(APIView):
+    """`POST /api/chats/<chatId>/messages/<messageId>/edit` (issue 18): edit a sent question.
+
+    Makes a sibling question (the same parent and attachments, the new `content`) and a reply to it, and streams
+    the reply like a send; the old branch stays. 400 for an assistant's message or a bad body (as a send's), 409
+    when a reply is already in progress in the chat, 429 over the send limits.
+    """
+
+    @extend_schema(
+        request=EditMessageSerializer,
+        responses={
+            (200, "text/event-stream"): SSE_RESPONSE,
+            400: ERROR_SHAPE,
+            401: ERROR_SHAPE,
+            403: ERROR_SHAPE,
+            404: ERROR_SHAPE,
+            409: ERROR_SHAPE,
+        },
+    )
+    def post(self, request: Request, chat_id: str, message_id: str) -> StreamingHttpResponse:
+        chat, message = access_message(request.user, chat_id, message_id)
+        branches.check_editable(message)
+        body = EditMessageSerializer(data=request.data, context={"request": request})
+        body.is_valid(raise_exception=True)
+        model_id = message.model_id or chat.model_id
+        model = body.validated_data.get("modelId") or usable_models().filter(model_id=model_id).first()
+        if model is None:
+            raise ValidationError({"modelId": [f"The model '{model_id}' is no longer available; name another."]})
+        workflow = body.validated_data.get("workflowId", message.workflow)
+        check_send_limits(request, self, chat)
+        _, reply = branches.do_edit_message(
+            chat, message, content=body.validated_data["content"], model=model, workflow=workflow
+        )
         return stream_reply(reply)
 
 

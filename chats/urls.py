@@ -37,6 +37,8 @@ urlpatterns = [
         api.RegenerateView.as_view(),
         name="api-message-regenerate",
     ),
+    # Branches (issue 18): edit a sent question.
+    path("chats/<str:chat_id>/messages/<str:message_id>/edit", api.EditMessageView.as_view(), name="api-message-edit"),
     path("workflows", pipelines_api.WorkflowListView.as_view(), name="api-workflows"),
     path("workflows/<str:workflow_id>", pipelines_api.WorkflowDetailView.as_view(), name="api-workflow"),
     path("embedding-models", knowledge_api.EmbeddingModelListView.as_view(), name="api-embedding-models"),

@@ -50,6 +50,8 @@ MATRIX = {
     "api/chats/<str:chat_id>/messages/<str:message_id>/stream": {"GET": (200, 403, 403, 401)},
     "api/chats/<str:chat_id>/messages/<str:message_id>/cancel": {"POST": (409, 403, 403, 401)},  # it finished
     "api/chats/<str:chat_id>/messages/<str:message_id>/regenerate": {"POST": (200, 403, 403, 401)},
+    # Branches (issue 18): the message given is a reply, and an empty body has no content: 400 for the owner.
+    "api/chats/<str:chat_id>/messages/<str:message_id>/edit": {"POST": (400, 403, 403, 401)},
     "api/workflows": {"GET": (200, 200, 200, 401), "POST": (400, 400, 400, 401)},  # an empty body
     "api/workflows/<str:workflow_id>": {
         "GET": (200, 403, 403, 401),
