@@ -269,6 +269,7 @@ class MessageStreamView(APIView):
             raise PermissionDenied("userId is not the logged-in user.")
         body = SendMessageSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
+        parent_id = branches.parent_in_chat(chat, body.validated_data.get("parentId"))
         key = idempotency_key(request)
         if not (key and chat.messages.filter(idempotency_key=key).exists()):
             # A repeated send is not a new one: only new sends meet the 409 and the limits (in that order).
@@ -282,7 +283,7 @@ class MessageStreamView(APIView):
             workflow=body.validated_workflow() if "workflowId" in request.data else usable_chat_workflow(chat),
             idempotency_key=key,
             attachments=body.validated_data["attachments"],
-            parent_id=branches.parent_in_chat(chat, body.validated_data.get("parentId")),
+            parent_id=parent_id,
         )
         return stream_reply(reply)
 
