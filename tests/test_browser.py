@@ -708,9 +708,14 @@ def test_edit_a_question_switch_versions_and_continue_the_older_branch(page, car
     question.get_by_role("button", name="Edit").click()
     box = question.get_by_label("Edit message")
     assert box.input_value() == "Original question"
+    question.get_by_role("button", name="Cancel").click()  # Cancel puts the message back as it was
+    assert question.locator("textarea").count() == 0 and question.locator(".body").inner_text() == "Original question"
+    question.get_by_role("button", name="Edit").click()
     scripted_model.options = {"script": [f"edited{i} " for i in range(10)], "delay": 0.1}
     scripted_model.save()
     box.fill("Edited question")
+    assert not question.locator(".body").is_visible()  # the textarea stands in for the message
+    shot(page, "30-editing-a-question.png")
     question.get_by_role("button", name="Save").click()
     page.wait_for_selector("article.message.assistant.generating")
     assert page.locator("article.message.user .body").all_inner_texts() == ["Edited question"]
@@ -720,13 +725,13 @@ def test_edit_a_question_switch_versions_and_continue_the_older_branch(page, car
     position = question.locator(".sibling-position")
     position.filter(has_text="2 / 2").wait_for()
     assert page.locator("article.message").count() == 2  # one branch shown: the old question is not
-    shot(page, "30-edited-version-2-of-2.png")
+    shot(page, "31-edited-version-2-of-2.png")
 
     question.get_by_role("button", name="Previous version").click()
     page.locator("article.message.user .sibling-position", has_text="1 / 2").wait_for()
     assert page.locator("article.message.user .body").all_inner_texts() == ["Original question"]
     assert last_reply(page).locator(".body").inner_text().strip() == "First answer"
-    shot(page, "31-switched-to-version-1.png")
+    shot(page, "32-switched-to-version-1.png")
 
     chat = Chat.objects.get(owner=carol)
     first_reply = Message.objects.get(chat=chat, role="assistant", content="First answer")
@@ -745,7 +750,7 @@ def test_edit_a_question_switch_versions_and_continue_the_older_branch(page, car
         "Follow-up answer",
     ]
     assert page.locator("article.message.user .sibling-position").first.inner_text() == "1 / 2"
-    shot(page, "32-follow-up-on-branch-1.png")
+    shot(page, "33-follow-up-on-branch-1.png")
 
     # Regenerate answers the shown branch's question again, as a sibling version of its reply.
     scripted_model.options = {"script": ["Another", " take"]}
@@ -761,4 +766,4 @@ def test_edit_a_question_switch_versions_and_continue_the_older_branch(page, car
         "A follow-up on branch one",
         "Another take",
     ]
-    shot(page, "33-regenerated-version-2-of-2.png")
+    shot(page, "34-regenerated-version-2-of-2.png")

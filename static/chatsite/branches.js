@@ -90,6 +90,7 @@ export function siblingControls(message, onSwitch) {
 export function startEdit(element, text, { maxChars, onSave }) {
   if (element.querySelector("form.edit-form")) return;
   const body = element.querySelector(".body");
+  const editButton = element.querySelector(".edit-message");
   const form = document.createElement("form");
   form.className = "edit-form";
   const area = document.createElement("textarea");
@@ -99,6 +100,7 @@ export function startEdit(element, text, { maxChars, onSave }) {
   area.setAttribute("aria-label", "Edit message");
   const save = document.createElement("button");
   save.type = "submit";
+  save.className = "primary";
   save.textContent = "Save";
   const cancel = document.createElement("button");
   cancel.type = "button";
@@ -107,7 +109,10 @@ export function startEdit(element, text, { maxChars, onSave }) {
   const end = () => {
     form.remove();
     body.hidden = false;
-    element.querySelector(".edit-message")?.focus();
+    if (editButton) {
+      editButton.hidden = false;
+      editButton.focus();
+    }
   };
   cancel.addEventListener("click", end);
   area.addEventListener("keydown", (event) => {
@@ -131,6 +136,7 @@ export function startEdit(element, text, { maxChars, onSave }) {
   buttons.append(save, cancel);
   form.append(area, buttons);
   body.hidden = true;
+  if (editButton) editButton.hidden = true;
   body.after(form);
   area.focus();
 }
