@@ -109,6 +109,7 @@ def do_send_message(
     idempotency_key: str = "",
     attachments: list[str] | None = None,
     options: dict | None = None,
+    parent_id: str | None = None,
 ) -> tuple[Message, Message, bool]:
     """Save a user's message (with the ids of its `attachments`, documents already checked readable) and a
     `queued` assistant reply (with the generation `options` a client asked for: `Message.options`) in one
@@ -118,7 +119,8 @@ def do_send_message(
     and no event is published for a row that might roll back. A send that repeats an `idempotency_key`
     already used on this chat returns that earlier reply and enqueues nothing. Without a key, the transaction
     makes three statements: the chat's UPDATE (which locks its row), one read of its running reply and newest
-    message, and one INSERT of both messages.
+    message, and one INSERT of both messages. The question follows `parent_id` (a message of this chat, checked
+    by the caller: `chats.branches.parent_in_chat`) when given, else the chat's newest message.
 
     Returns:
         `(user_message, assistant_message, created)`; `created` is False for a repeated idempotency key.
@@ -155,7 +157,7 @@ def do_send_message(
             status=Message.Status.COMPLETED,
             model_id=model.model_id,
             workflow=workflow,
-            parent_id=previous_id,
+            parent_id=parent_id or previous_id,
             attachments=attachments or [],
             created_at=now,
         )

@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chats import actions, lifecycle
+from chats import actions, branches, lifecycle
 from chats.access import access_api_key, access_chat, access_message
 from chats.api_errors import error_body
 from chats.auth import SessionAuthentication
@@ -27,6 +27,7 @@ from chats.limits import check_send_limits
 from chats.models import ApiKey, Chat, Message
 from chats.serializers import (
     ApiKeySerializer,
+    BranchMessageSerializer,
     ChatSerializer,
     LoginSerializer,
     MessageSerializer,
@@ -151,14 +152,35 @@ class ChatDetailView(generics.RetrieveUpdateDestroyAPIView):
         actions.do_delete_chat(instance)
 
 
+BRANCH_PARAMETER = OpenApiParameter(
+    "branch",
+    str,
+    OpenApiParameter.QUERY,
+    required=False,
+    description="A message id: list only the branch ending at it (its chain of parents); 'latest': the newest's.",
+)
+
+
 class MessageListView(generics.ListAPIView):
-    """`GET /api/chats/<chatId>/messages`: the chat's messages, oldest first, paginated."""
+    """`GET /api/chats/<chatId>/messages`: the chat's messages, oldest first, paginated, each with its
+    `siblingIds`; `?branch=<messageId>` lists only the branch ending at that message, `?branch=latest` the
+    newest message's (404 for a message not in the chat, 400 for an id that is not a UUID)."""
 
-    serializer_class = MessageSerializer
+    serializer_class = BranchMessageSerializer
 
-    def get_queryset(self):
-        chat = access_chat(self.request.user, self.kwargs["chat_id"])
-        return chat.messages.order_by("created_at")
+    @extend_schema(parameters=[BRANCH_PARAMETER])
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        chat = access_chat(request.user, kwargs["chat_id"])
+        # One query for the chat's messages; siblings and the branch are worked out in memory.
+        messages = list(chat.messages.order_by("created_at", "id"))
+        siblings = branches.sibling_ids(messages)
+        leaf = request.query_params.get("branch")
+        if leaf is not None:
+            messages = branches.branch_of(messages, leaf)
+        page = self.paginate_queryset(messages)
+        return self.get_paginated_response(
+            BranchMessageSerializer(page, many=True, context={"siblings": siblings}).data
+        )
 
 
 SSE_RESPONSE = OpenApiResponse(
@@ -246,6 +268,7 @@ class MessageStreamView(APIView):
             raise PermissionDenied("userId is not the logged-in user.")
         body = SendMessageSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
+        parent_id = branches.parent_in_chat(chat, body.validated_data.get("parentId"))
         key = idempotency_key(request)
         if not (key and chat.messages.filter(idempotency_key=key).exists()):
             # A repeated send is not a new one: only new sends meet the 409 and the limits (in that order).
@@ -259,6 +282,7 @@ class MessageStreamView(APIView):
             workflow=body.validated_workflow() if "workflowId" in request.data else usable_chat_workflow(chat),
             idempotency_key=key,
             attachments=body.validated_data["attachments"],
+            parent_id=parent_id,
         )
         return stream_reply(reply)
 

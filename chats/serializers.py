@@ -149,6 +149,12 @@ class SendMessageSerializer(serializers.Serializer):
         max_length=settings.CHATSITE_MAX_ATTACHMENTS,
         help_text="Documents (ids) to answer from: used whole when they fit the prompt, else searched (seed 002).",
     )
+    # Branches (issue 18): the message the question follows, to continue a branch other than the newest.
+    parentId = StrictUUIDField(
+        required=False,
+        allow_null=True,
+        help_text="A message of this chat the question follows (the shown branch's last message); default: the newest.",
+    )
 
     def validate_attachments(self, value: list) -> list[str]:
         from knowledge.access import visible_documents
@@ -179,6 +185,41 @@ class SendMessageSerializer(serializers.Serializer):
 
     def validated_workflow(self) -> Workflow | None:
         return self.validated_data.get("workflowId")
+
+
+# --- Branches (issue 18) ---------------------------------------------------------------------------------------
+
+
+class BranchMessageSerializer(MessageSerializer):
+    """A message as the chat's message list shows it: with `siblingIds`, the ids of the messages with the same
+    parent and role (oldest first, itself included), from the `siblings` context (`chats.branches.sibling_ids`)."""
+
+    siblingIds = serializers.SerializerMethodField()
+
+    class Meta(MessageSerializer.Meta):
+        fields = [*MessageSerializer.Meta.fields, "siblingIds"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_siblingIds(self, message: Message) -> list[str]:
+        return self.context["siblings"].get(str(message.id), [str(message.id)])
+
+
+class EditMessageSerializer(serializers.Serializer):
+    """The body of `POST /api/chats/<chatId>/messages/<messageId>/edit`: the question's new text, and optional
+    overrides of the model and workflow (defaults: those of the question edited)."""
+
+    content = StrictCharField(trim_whitespace=False, max_length=settings.CHATSITE_MAX_MESSAGE_CHARS)
+    modelId = StrictCharField(max_length=100, required=False)
+    workflowId = WorkflowField(required=False, allow_null=True)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The message is empty.")
+        return value
+
+    def validate_modelId(self, value: str) -> ModelConfig:
+        return validate_model_id(value)
 
 
 class ApiKeySerializer(StrictModelSerializer):

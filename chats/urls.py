@@ -3,7 +3,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from chats import api, library_api, share_api
+from chats import api, branches_api, library_api, share_api
 from knowledge import api as knowledge_api
 from pipelines import api as pipelines_api
 
@@ -45,6 +45,12 @@ urlpatterns = [
         "shares/<str:token>/messages/<str:message_ref>/stream",
         share_api.SharedReplyStreamView.as_view(),
         name="api-share-stream",
+    ),
+    # Branches (issue 18): edit a sent question.
+    path(
+        "chats/<str:chat_id>/messages/<str:message_id>/edit",
+        branches_api.EditMessageView.as_view(),
+        name="api-message-edit",
     ),
     path("workflows", pipelines_api.WorkflowListView.as_view(), name="api-workflows"),
     path("workflows/<str:workflow_id>", pipelines_api.WorkflowDetailView.as_view(), name="api-workflow"),

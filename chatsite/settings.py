@@ -208,6 +208,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # A message's role and status appear in two components (Message, BranchMessage): name their enums once.
+    "ENUM_NAME_OVERRIDES": {
+        "MessageRoleEnum": "chats.models.Message.Role",
+        "MessageStatusEnum": "chats.models.Message.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "chats.schema.add_error_responses",

@@ -764,3 +764,75 @@ def test_a_share_link_shows_a_reply_streaming_live_to_a_visitor_until_it_is_revo
         shot(visitor, "25-share-revoked.png")
     finally:
         visitor_context.close()
+
+
+def test_edit_a_question_switch_versions_and_continue_the_older_branch(page, carol, scripted_model):
+    """Issue 18: an edit streams a new reply into a new branch; "< 1 / 2 >" switches back; a follow-up sent there
+    continues that branch (its parent is branch 1's reply), and so does Regenerate."""
+    scripted_model.options = {"script": ["First", " answer"]}
+    scripted_model.save()
+    send(page, "Original question")
+    wait_finished(page)
+    question = page.locator("article.message.user").first
+    question.get_by_role("button", name="Edit").click()
+    box = question.get_by_label("Edit message")
+    assert box.input_value() == "Original question"
+    question.get_by_role("button", name="Cancel").click()  # Cancel puts the message back as it was
+    assert question.locator("textarea").count() == 0 and question.locator(".body").inner_text() == "Original question"
+    question.get_by_role("button", name="Edit").click()
+    scripted_model.options = {"script": [f"edited{i} " for i in range(10)], "delay": 0.1}
+    scripted_model.save()
+    box.fill("Edited question")
+    assert not question.locator(".body").is_visible()  # the textarea stands in for the message
+    shot(page, "30-editing-a-question.png")
+    question.get_by_role("button", name="Save").click()
+    page.wait_for_selector("article.message.assistant.generating")
+    assert page.locator("article.message.user .body").all_inner_texts() == ["Edited question"]
+    wait_finished(page)
+    assert last_reply(page).locator(".body").inner_text().strip() == "".join(f"edited{i} " for i in range(10)).strip()
+    question = page.locator("article.message.user").first
+    position = question.locator(".sibling-position")
+    position.filter(has_text="2 / 2").wait_for()
+    assert page.locator("article.message").count() == 2  # one branch shown: the old question is not
+    shot(page, "31-edited-version-2-of-2.png")
+
+    question.get_by_role("button", name="Previous version").click()
+    page.locator("article.message.user .sibling-position", has_text="1 / 2").wait_for()
+    assert page.locator("article.message.user .body").all_inner_texts() == ["Original question"]
+    assert last_reply(page).locator(".body").inner_text().strip() == "First answer"
+    shot(page, "32-switched-to-version-1.png")
+
+    chat = Chat.objects.get(owner=carol)
+    first_reply = Message.objects.get(chat=chat, role="assistant", content="First answer")
+    scripted_model.options = {"script": ["Follow", "-up answer"]}
+    scripted_model.save()
+    send(page, "A follow-up on branch one")
+    wait_finished(page)
+    page.locator("#messages[data-branch-leaf]").wait_for()
+    follow_up = Message.objects.get(chat=chat, role="user", content="A follow-up on branch one")
+    assert follow_up.parent_id == first_reply.id
+    texts = page.locator("article.message .body").all_inner_texts()
+    assert [t.strip() for t in texts] == [
+        "Original question",
+        "First answer",
+        "A follow-up on branch one",
+        "Follow-up answer",
+    ]
+    assert page.locator("article.message.user .sibling-position").first.inner_text() == "1 / 2"
+    shot(page, "33-follow-up-on-branch-1.png")
+
+    # Regenerate answers the shown branch's question again, as a sibling version of its reply.
+    scripted_model.options = {"script": ["Another", " take"]}
+    scripted_model.save()
+    page.get_by_role("button", name="Regenerate").click()
+    page.locator("article.message.assistant .sibling-position", has_text="2 / 2").wait_for()
+    again = Message.objects.get(chat=chat, content="Another take")
+    assert again.parent_id == follow_up.id
+    texts = page.locator("article.message .body").all_inner_texts()
+    assert [t.strip() for t in texts] == [
+        "Original question",
+        "First answer",
+        "A follow-up on branch one",
+        "Another take",
+    ]
+    shot(page, "34-regenerated-version-2-of-2.png")

@@ -20,6 +20,7 @@ EXCLUDED = [
     "/api/chats/{chat_id}/messages/stream",
     "/api/chats/{chat_id}/messages/{message_id}/stream",
     "/api/chats/{chat_id}/messages/{message_id}/regenerate",
+    "/api/chats/{chat_id}/messages/{message_id}/edit",
     "/v1/chat/completions",
     "/api/v1/chat/stream",
     "/api/v1/workspaces/{workspace}/pipelines/{pipeline}/chat-stream",

@@ -6,6 +6,7 @@ import { readEvents } from "./sse.js";
 import { allowImageHosts, renderMarkdown } from "./markdown.js";
 import { setupLibrary } from "./library.js";
 import { setupShare } from "./share.js";
+import { MessageTree, siblingControls, startEdit } from "./branches.js";
 
 const boot = JSON.parse(document.getElementById("boot").textContent);
 allowImageHosts(boot.imageHosts);
@@ -403,6 +404,7 @@ async function followReply(response, view, chatId) {
   view.generating(false);
   if (state.running && state.running.view === view) setRunning(null);
   addRegenerate();
+  await syncBranch(chatId, messageId);
 }
 
 async function streamInto(view, method, path, body, chatId) {
@@ -460,6 +462,7 @@ async function sendMessage(text, attachments = []) {
       userId: boot.userId,
       workflowId: ui.workflowPicker.value || null,
       attachments,
+      parentId: shownLeaf(chat.id), // continue the branch on the page, not necessarily the newest
     },
     chat.id,
   );
@@ -493,6 +496,7 @@ function addRegenerate() {
   button.textContent = "Regenerate";
   button.addEventListener("click", async () => {
     removeRegenerate();
+    last.remove(); // the new reply takes the old one's place on the page; the old stays a sibling version
     const view = new ReplyView();
     const chatId = state.chat.id;
     await streamInto(view, "POST", `/api/chats/${chatId}/messages/${last.dataset.messageId}/regenerate`, {
@@ -500,6 +504,128 @@ function addRegenerate() {
     }, chatId);
   });
   last.querySelector(".meta").append(button);
+}
+
+// --- Branches: one branch shown, sibling versions, edit (branches.js) ------------------------------------
+
+const branch = { chatId: null, tree: null, leafId: null };
+
+/** The last message of the branch on the page, if it is `chatId`'s: the parent of the next question. */
+function shownLeaf(chatId) {
+  return branch.chatId === chatId ? branch.leafId : null;
+}
+
+/** Load every message of the chat and show one branch: the one holding the message the URL's hash names
+ * (a search result), else the newest. Returns the shown branch's running reply, if any. */
+async function loadBranch(chatId) {
+  const tree = new MessageTree(await listAll(`/api/chats/${chatId}/messages`));
+  const hashed = window.location.hash.match(/^#message-([0-9a-f-]+)$/);
+  const leaf = hashed && tree.has(hashed[1]) ? tree.newestUnder(hashed[1]) : tree.newest;
+  Object.assign(branch, { chatId, tree });
+  return renderBranch(leaf);
+}
+
+function renderBranch(leafId) {
+  branch.leafId = leafId;
+  const chain = branch.tree ? branch.tree.chain(leafId) : [];
+  ui.messages.replaceChildren(ui.empty);
+  showEmpty(chain.length === 0);
+  let running = null;
+  for (const message of chain) {
+    renderSaved(message);
+    decorateMessage(ui.messages.lastElementChild, message);
+    if (message.role === "assistant" && (message.status === "queued" || message.status === "streaming")) {
+      running = message;
+    }
+  }
+  return running;
+}
+
+/** A shown message's version controls and, on a question, its Edit button. */
+function decorateMessage(element, message) {
+  element.id = `message-${message.id}`;
+  element.dataset.messageId = message.id;
+  const meta = element.querySelector(".meta");
+  meta.querySelectorAll(".siblings, .edit-message").forEach((old) => old.remove());
+  const nav = siblingControls(message, (siblingId) => switchBranch(siblingId));
+  if (nav) meta.prepend(nav);
+  if (message.role === "user") {
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "link edit-message";
+    edit.textContent = "Edit";
+    edit.addEventListener("click", () => {
+      if (state.running) {
+        announce("Wait for the reply to finish, or stop it, before editing.");
+        return;
+      }
+      startEdit(element, message.content, {
+        maxChars: boot.maxMessageChars,
+        onSave: (text) => saveEdit(element, message, text),
+      });
+    });
+    meta.append(edit);
+  }
+}
+
+function switchBranch(siblingId) {
+  if (state.running) {
+    announce("Wait for the reply to finish, or stop it, before switching versions.");
+    return;
+  }
+  renderBranch(branch.tree.newestUnder(siblingId));
+  addRegenerate();
+  const shown = document.getElementById(`message-${siblingId}`);
+  if (shown) {
+    shown.scrollIntoView({ block: "nearest" });
+    shown.querySelector(".sibling-position")?.setAttribute("aria-live", "polite");
+  }
+  const ids = branch.tree.get(siblingId)?.siblingIds || [];
+  announce(`Showing version ${ids.indexOf(siblingId) + 1} of ${ids.length}.`);
+}
+
+/** Save an edited question: it and everything after it leave the page for the new version and its reply. */
+async function saveEdit(element, message, text) {
+  if (state.running || !state.chat) return;
+  if (text.length > boot.maxMessageChars) {
+    announce(`Messages can be at most ${boot.maxMessageChars} characters.`);
+    return;
+  }
+  const chatId = state.chat.id;
+  while (element.nextElementSibling) element.nextElementSibling.remove();
+  element.remove();
+  removeRegenerate();
+  addUserMessage(text, message.attachments || []);
+  const view = new ReplyView();
+  view.generating(true);
+  scrollToEnd();
+  const path = `/api/chats/${chatId}/messages/${message.id}/edit`;
+  await streamInto(view, "POST", path, { content: text, modelId: ui.modelPicker.value }, chatId);
+}
+
+/** After a reply streamed: reload the tree and mark the page's messages (ids, versions) on the branch that
+ * ends at `leafId`; the page is redrawn only if it does not show that branch. */
+async function syncBranch(chatId, leafId) {
+  let tree;
+  try {
+    tree = new MessageTree(await listAll(`/api/chats/${chatId}/messages`));
+  } catch (error) {
+    console.warn("could not reload the chat's messages", error);
+    return;
+  }
+  if (!state.chat || state.chat.id !== chatId || state.running) return;
+  Object.assign(branch, { chatId, tree });
+  const leaf = leafId && tree.has(leafId) ? leafId : tree.newest;
+  const chain = tree.chain(leaf);
+  const shown = [...ui.messages.querySelectorAll(":scope > .message")];
+  if (shown.length !== chain.length) {
+    renderBranch(leaf);
+    addRegenerate();
+    return;
+  }
+  branch.leafId = leaf;
+  chain.forEach((message, index) => decorateMessage(shown[index], message));
+  ui.messages.dataset.branchLeaf = leaf; // the page's branch is known (tests wait for it)
 }
 
 // --- Opening, renaming, deleting chats -------------------------------------------------------------------
@@ -542,16 +668,7 @@ async function openChat(chatId, { push } = {}) {
   ui.workflowPicker.value = chat.workflowId || "";
   showChatControls(true);
   renderChatList();
-  const page = await api("GET", `/api/chats/${chat.id}/messages`);
-  ui.messages.replaceChildren(ui.empty);
-  showEmpty(page.results.length === 0);
-  let running = null;
-  for (const message of page.results) {
-    renderSaved(message);
-    if (message.role === "assistant" && (message.status === "queued" || message.status === "streaming")) {
-      running = message;
-    }
-  }
+  const running = await loadBranch(chat.id);
   if (!library.focusMessageFromHash()) scrollToEnd();
   if (running) await attachRunning(chat.id, running.id);
   else addRegenerate();
