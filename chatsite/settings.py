@@ -172,6 +172,10 @@ STATICFILES_DIRS = [
     # Browser libraries from npm (package.json; `make` runs npm ci): never copied into the repository.
     ("vendor/marked", BASE_DIR / "node_modules" / "marked" / "lib"),
     ("vendor/dompurify", BASE_DIR / "node_modules" / "dompurify" / "dist"),
+    # Code highlighting: the ES module build with the common languages (the `highlight.js` package's es/ is CJS).
+    ("vendor/highlight", BASE_DIR / "node_modules" / "@highlightjs" / "cdn-assets" / "es"),
+    # Math: katex.mjs, katex.min.css and the fonts/ it names, all served from here (font-src falls back to 'self').
+    ("vendor/katex", BASE_DIR / "node_modules" / "katex" / "dist"),
 ]
 # Serve from the app folders directly, so that `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True

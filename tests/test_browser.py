@@ -836,3 +836,97 @@ def test_edit_a_question_switch_versions_and_continue_the_older_branch(page, car
         "Another take",
     ]
     shot(page, "34-regenerated-version-2-of-2.png")
+
+
+# A reply with a Python code block and math (display, inline, \(...\) and a \href KaTeX must not turn into a
+# link), written in small pieces so that the fence and the formulas are half-written for a while.
+CODE = 'def add(a, b):\n    """Sum two numbers."""\n    return a + b  # 42\n'
+READING_REPLY = [
+    "Here is the code:\n\n```py", "thon\n", *CODE.splitlines(keepends=True), "```\n\n",
+    "And the integral:\n\n$$\n\\int_0^1 x^2", "\\,dx = \\frac{1}{3}\n$$\n\n",
+    "Euler: $e^{i\\pi} + 1 = 0$, ", "a sum \\(a_1 + a_2\\), ", "and \\(\\href{javascript:alert(1)}{click}\\). ",
+    "It costs $5 and $10.\n\n", *[f"more{i} " for i in range(30)],
+]  # fmt: skip
+READ_CSP = (
+    "window.__violations = [];"
+    "document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.violatedDirective))"
+)
+
+
+def test_code_and_math_render_while_streaming_with_copy_buttons_and_a_remembered_dark_theme(
+    page, live_stack, scripted_model
+):
+    """Issue 18, item 6: highlighted code with copy buttons, KaTeX math, message copy, light/dark/system theme."""
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_stack.base_url)
+    page.evaluate(READ_CSP)
+    scripted_model.options = {"script": READING_REPLY, "delay": 0.05}
+    scripted_model.save()
+    send(page, "Show me code and math")
+    reply = last_reply(page)
+    # While it streams: the code block is highlighted and has its copy button, which copies the code.
+    page.wait_for_function(
+        "() => { const r = [...document.querySelectorAll('article.message.assistant')].pop();"
+        " return !!r && r.classList.contains('generating') && !!r.querySelector('.code-block code .hljs-keyword'); }"
+    )
+    assert reply.locator(".code-block .code-language").first.inner_text() == "python"
+    reply.locator(".code-block").get_by_role("button", name="Copy the python code").click()
+    assert "generating" in reply.get_attribute("class")
+    page.wait_for_function("navigator.clipboard.readText().then((t) => t.startsWith('def add'))")
+    # Still streaming, the formulas are typeset.
+    page.wait_for_function(
+        "() => { const r = [...document.querySelectorAll('article.message.assistant')].pop();"
+        " return !!r && r.classList.contains('generating') && r.querySelectorAll('.katex').length >= 3; }"
+    )
+    shot(page, "40-code-and-math-streaming.png")
+    wait_finished(page)
+
+    def check() -> None:
+        body = reply.locator(".body")
+        assert body.locator(".hljs-keyword", has_text="def").count() == 1
+        assert body.locator(".hljs-string").first.inner_text() == '"""Sum two numbers."""'
+        assert body.locator(".hljs-comment").inner_text() == "# 42"
+        assert body.locator(".katex-display").count() == 1
+        assert body.locator(".katex").count() == 4  # the display, e^..., a_1 + a_2, the \href one, no money
+        text = body.inner_text()
+        assert "$$" not in text and "\\(" not in text and "$e^" not in text
+        assert "It costs $5 and $10." in text  # dollars stay money
+        assert body.locator("a").count() == 0  # trust: false, no \href link
+        assert body.locator("[style*='javascript'], [href^='javascript']").count() == 0
+        assert page.evaluate("window.__violations") == []
+
+    check()
+    reply.locator(".code-block").get_by_role("button", name="Copy the python code").click()
+    page.wait_for_function("(code) => navigator.clipboard.readText().then((t) => t === code)", arg=CODE)
+    # The message's copy button copies the reply's Markdown; the question's copies the question.
+    reply.get_by_role("button", name="Copy this message").click()
+    page.wait_for_function("(md) => navigator.clipboard.readText().then((t) => t === md)", arg="".join(READING_REPLY))
+    assert reply.get_by_role("button", name="Copy this message").inner_text() == "Copied"
+    page.locator("article.message.user").last.get_by_role("button", name="Copy this message").click()
+    page.wait_for_function("navigator.clipboard.readText().then((t) => t === 'Show me code and math')")
+    reply.scroll_into_view_if_needed()
+    shot(page, "41-code-and-math-light.png")
+
+    # Dark theme from the toggle, remembered across a reload; "System" follows prefers-color-scheme.
+    background = "getComputedStyle(document.documentElement).backgroundColor"
+    assert page.evaluate(background) == "rgb(247, 247, 248)"
+    page.get_by_label("Theme").select_option("dark")
+    assert page.evaluate(background) == "rgb(21, 23, 27)"
+    shot(page, "42-code-and-math-dark.png")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.evaluate(READ_CSP)
+    assert page.locator("html").get_attribute("data-theme") == "dark"
+    assert page.get_by_label("Theme").input_value() == "dark"
+    assert page.evaluate(background) == "rgb(21, 23, 27)"
+    reply = last_reply(page)
+    reply.locator(".katex").first.wait_for()
+    check()  # the saved reply renders the same
+    page.get_by_label("Theme").select_option("system")
+    page.emulate_media(color_scheme="dark")
+    assert page.locator("html").get_attribute("data-theme") is None
+    assert page.evaluate(background) == "rgb(21, 23, 27)"
+    page.emulate_media(color_scheme="light")
+    assert page.evaluate(background) == "rgb(247, 247, 248)"
+    page.get_by_label("Theme").select_option("light")
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate(background) == "rgb(247, 247, 248)"

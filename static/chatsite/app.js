@@ -7,6 +7,8 @@ import { allowImageHosts, renderMarkdown } from "./markdown.js";
 import { setupLibrary } from "./library.js";
 import { setupShare } from "./share.js";
 import { MessageTree, siblingControls, startEdit } from "./branches.js";
+// Reading features (issue 18.6): copy buttons and the throttled live render; highlighting and math are markdown.js's.
+import { addMessageCopy, liveRenderer } from "./render.js";
 
 const boot = JSON.parse(document.getElementById("boot").textContent);
 allowImageHosts(boot.imageHosts);
@@ -164,6 +166,7 @@ function messageElement(role) {
     meta.append(generating);
   }
   element.append(who, body, meta);
+  if (role !== "system") addMessageCopy(element);
   ui.messages.append(element);
   showEmpty(false);
   return element;
@@ -190,19 +193,13 @@ class ReplyView {
     this.body = this.element.querySelector(".body");
     this.meta = this.element.querySelector(".meta");
     this.text = "";
-    this.pending = false;
+    // Re-rendered at most every ~100 ms while streaming (render.js): highlighting and math have a cost.
+    this.scheduleRender = liveRenderer(renderMarkdown, this.body, () => this.text, scrollToEnd);
   }
 
   append(delta) {
     this.text += delta;
-    if (!this.pending) {
-      this.pending = true;
-      requestAnimationFrame(() => {
-        this.pending = false;
-        renderMarkdown(this.body, this.text);
-        scrollToEnd();
-      });
-    }
+    this.scheduleRender();
   }
 
   setText(text) {

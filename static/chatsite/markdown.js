@@ -8,8 +8,11 @@
 // link the person can choose to open ("image: <alt> (host)"). The page's CSP blocks those hosts as well.
 import { marked } from "../vendor/marked/marked.esm.js";
 import DOMPurify from "../vendor/dompurify/purify.es.mjs";
+import { enhance, mathExtensions, rememberSource } from "./render.js";
 
 marked.setOptions({ gfm: true, breaks: true });
+// Math ($...$, $$...$$, \(...\), \[...\]) is kept away from Markdown and typeset by KaTeX after sanitising.
+marked.use({ extensions: mathExtensions });
 
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   // Links open in a new tab without giving that tab a handle on this one.
@@ -84,7 +87,8 @@ function imageLink(image, url) {
 }
 
 /**
- * Render Markdown `text` into `element`, sanitised, with remote images from hosts not allowed shown as links.
+ * Render Markdown `text` into `element`, sanitised, with remote images from hosts not allowed shown as links,
+ * code highlighted (with copy buttons) and math typeset (render.js).
  * @param {HTMLElement} element
  * @param {string} text
  */
@@ -104,5 +108,7 @@ export function renderMarkdown(element, text) {
     }
     if (url === null || !imageAllowed(url)) image.replaceWith(imageLink(image, url));
   }
+  enhance(template.content);
+  rememberSource(element, text);
   element.replaceChildren(template.content);
 }

@@ -4,6 +4,7 @@
 // connection drops). When the link is revoked or expires, the page empties and says so.
 import { readEvents } from "./sse.js";
 import { allowImageHosts, renderMarkdown } from "./markdown.js";
+import { addMessageCopy, liveRenderer } from "./render.js";
 
 const boot = JSON.parse(document.getElementById("boot").textContent);
 allowImageHosts(boot.imageHosts);
@@ -39,6 +40,7 @@ function messageElement(message) {
   const meta = document.createElement("div");
   meta.className = "meta";
   element.append(who, body, meta);
+  addMessageCopy(element);
   ui.messages.append(element);
   return element;
 }
@@ -96,15 +98,7 @@ async function follow(ref, entry) {
   entry.text = "";
   const body = entry.element.querySelector(".body");
   let lastId = null;
-  let pending = false;
-  const render = () => {
-    if (pending) return;
-    pending = true;
-    requestAnimationFrame(() => {
-      pending = false;
-      renderMarkdown(body, entry.text);
-    });
-  };
+  const render = liveRenderer(renderMarkdown, body, () => entry.text);
   setMeta(entry.element, "streaming");
   for (let attempt = 0; attempt <= RESUME_ATTEMPTS && !closed; attempt += 1) {
     const headers = { Accept: "text/event-stream", ...(lastId ? { "Last-Event-ID": lastId } : {}) };
