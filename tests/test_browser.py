@@ -930,3 +930,36 @@ def test_code_and_math_render_while_streaming_with_copy_buttons_and_a_remembered
     page.get_by_label("Theme").select_option("light")
     page.emulate_media(color_scheme="dark")
     assert page.evaluate(background) == "rgb(247, 247, 248)"
+
+
+def test_a_shared_chat_renders_code_and_math_in_the_systems_dark_theme(
+    browser, page, live_stack, carol, scripted_model
+):
+    """The share viewer uses the same renderer and theme as the chat page (issue 18, item 6)."""
+    from chats.sharing import do_create_share
+
+    scripted_model.options = {"script": READING_REPLY}
+    scripted_model.save()
+    send(page, "Show me code and math")
+    wait_finished(page)
+    _, token = do_create_share(Chat.objects.get(owner=carol))
+    visitor_context = browser.new_context(
+        viewport={"width": 1280, "height": 800}, base_url=live_stack.base_url, color_scheme="dark"
+    )
+    visitor = visitor_context.new_page()
+    try:
+        visitor.goto(f"/s/{token}")
+        visitor.evaluate(READ_CSP)
+        reply = visitor.locator("article.message.assistant")
+        reply.locator(".katex-display").wait_for()
+        assert reply.locator(".code-block .hljs-keyword", has_text="def").count() == 1
+        assert reply.locator(".katex").count() == 4 and "$$" not in reply.locator(".body").inner_text()
+        background = "getComputedStyle(document.documentElement).backgroundColor"
+        assert visitor.evaluate(background) == "rgb(21, 23, 27)"  # the system's dark, nothing chosen
+        assert reply.get_by_role("button", name="Copy this message").count() == 1
+        shot(visitor, "43-share-code-and-math-dark.png")
+        visitor.get_by_label("Theme").select_option("light")
+        assert visitor.evaluate(background) == "rgb(247, 247, 248)"
+        assert visitor.evaluate("window.__violations") == []
+    finally:
+        visitor_context.close()

@@ -68,3 +68,21 @@ def test_sign_up_refuses_a_weak_password_and_creates_nothing(settings, db):
     response = Client().post("/signup", {"username": "erin", "password1": "123", "password2": "123"})
     assert response.status_code == 200 and b"form-error" in response.content
     assert not User.objects.filter(username="erin").exists()
+
+
+def test_the_reading_libraries_are_served_from_this_site(alice, alice_chat):
+    """Highlighting, math (with its stylesheet and fonts) and the theme load from here, as the CSP requires."""
+    import re
+
+    client = Client()
+    client.force_login(alice)
+    html = client.get(f"/c/{alice_chat.id}").content.decode()
+    assert '<link rel="stylesheet" href="/static/vendor/katex/katex.min.css">' in html
+    assert '<script src="/static/chatsite/theme.js"></script>' in html
+    css = b"".join(client.get("/static/vendor/katex/katex.min.css").streaming_content).decode()
+    font = re.search(r"url\((fonts/KaTeX_Main-Regular\.woff2)\)", css)
+    assert font, "KaTeX's stylesheet names its fonts by relative URL"
+    assert client.get(f"/static/vendor/katex/{font[1]}").status_code == 200
+    for path in ("vendor/katex/katex.mjs", "vendor/highlight/highlight.min.js", "chatsite/render.js"):
+        response = client.get(f"/static/{path}")
+        assert response.status_code == 200 and "javascript" in response["Content-Type"], path
