@@ -454,6 +454,8 @@ CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
+        # No 'unsafe-inline', not even for style attributes: KaTeX (static/chatsite/render.js) sets its sizes
+        # through CSSOM (element.style), which the CSP allows; only style attributes parsed from HTML are blocked.
         "style-src": ["'self'"],
         # Images: ours, inline ones (data:, blob:) and the CHATSITE_IMAGE_HOSTS; no other site.
         "img-src": ["'self'", "data:", "blob:", *(f"https://{host}" for host in CHATSITE_IMAGE_HOSTS)],
