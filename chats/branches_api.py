@@ -60,9 +60,10 @@ class CompareView(APIView):
     Body: `{content, userId?, parentId?, targets: [{modelId, workflowId?}, ...]}`. Saves the question and one
     queued reply per target (siblings: the same parent, the question) and answers 201 with their ids; the
     client streams each reply from its resume stream, `GET .../messages/<messageId>/stream` (one stream per
-    reply, each event as in seed 004). Checks, in this order: 401, 404, 403 (as a send); 400 a bad body (1 or
-    more than 4 targets, an unknown model, a workflow the caller may not use: the target is named in
-    `fields`); 409 a reply already in progress in the chat; 429 when the replies would not all fit the
+    reply, each event as in seed 004: not one multiplexed response, so that the event contract stays unchanged
+    and each reply resumes and is cancelled like any other). Checks, in this order: 401, 404, 403 (as a send);
+    400 a bad body (1 or more than 4 targets, an unknown model, a workflow the caller may not use: the target
+    is named in `fields`); 409 a reply already in progress in the chat; 429 when the replies would not all fit the
     caller's cap on replies in progress (CHATSITE_MAX_CONCURRENT_REPLIES), or over the quota or send rate.
     Nothing is written unless every check passes.
     """

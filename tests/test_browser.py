@@ -836,3 +836,56 @@ def test_edit_a_question_switch_versions_and_continue_the_older_branch(page, car
         "Another take",
     ]
     shot(page, "34-regenerated-version-2-of-2.png")
+
+
+def test_compare_two_models_side_by_side_pick_one_and_continue_from_it(page, carol, scripted_model, smollm2):
+    """Issue 18: Compare sends one question to Scripted and SmolLM2; their replies stream into two columns; the
+    user continues with SmolLM2's, and the follow-up's parent (in the database) is that reply."""
+    smollm2.default_max_tokens = 40
+    smollm2.save()
+    scripted_model.options = {"script": [f"side{i} " for i in range(12)], "delay": 0.15}
+    scripted_model.save()
+    page.get_by_role("button", name="Compare").click()
+    page.get_by_label("Model 1", exact=True).select_option(label="Scripted")
+    page.get_by_label("Model 2", exact=True).select_option(label=smollm2.display_name)
+    shot(page, "50-compare-picking-two-models.png")
+    page.get_by_label("Message", exact=True).fill("Say something short.")
+    page.get_by_label("Message", exact=True).press("Enter")
+    columns = page.locator(".compare-columns .compare-column")
+    columns.nth(1).wait_for()
+    assert columns.count() == 2
+    assert columns.locator(".who-said").all_inner_texts() == ["Scripted", smollm2.display_name]
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.compare-column .body')].some((b) => b.textContent.trim())"
+        " && !document.querySelector('.compare-columns[data-complete]')"
+    )
+    shot(page, "51-compare-replies-streaming-in-columns.png")
+    page.locator(".compare-columns[data-complete=true]").wait_for(timeout=120_000)
+    shot(page, "52-compare-replies-done.png")
+
+    chat = Chat.objects.get(owner=carol)
+    question = Message.objects.get(chat=chat, role="user", content="Say something short.")
+    scripted_reply, smol_reply = Message.objects.filter(chat=chat, role="assistant").order_by("created_at")
+    assert scripted_reply.parent_id == smol_reply.parent_id == question.id
+    assert (scripted_reply.model_id, smol_reply.model_id) == ("scripted", "smollm2-135m")
+    assert scripted_reply.status == smol_reply.status == "completed" and smol_reply.content
+    assert columns.nth(0).locator(".body").inner_text().strip() == scripted_reply.content.strip()
+    assert columns.nth(1).locator(".body").inner_text().strip()
+
+    columns.nth(1).get_by_role("button", name="Continue with this").click()
+    page.locator(f"#messages[data-branch-leaf='{smol_reply.id}']").wait_for()
+    assert page.locator(".compare-columns").count() == 0
+    assert page.locator("article.message.assistant .sibling-position").inner_text() == "2 / 2"
+    shot(page, "53-continued-with-smollm2.png")
+
+    scripted_model.options = {"script": ["Follow", "-up"]}
+    scripted_model.save()
+    page.get_by_label("Model", exact=True).select_option(label="Scripted")
+    page.get_by_label("Message", exact=True).fill("And then?")
+    page.get_by_label("Message", exact=True).press("Enter")
+    wait_finished(page)
+    follow_up = Message.objects.get(chat=chat, role="user", content="And then?")
+    assert follow_up.parent_id == smol_reply.id
+    texts = [t.strip() for t in page.locator("article.message .body").all_inner_texts()]
+    assert texts[0] == "Say something short." and texts[2:] == ["And then?", "Follow-up"]
+    shot(page, "54-follow-up-after-the-picked-reply.png")

@@ -122,7 +122,7 @@ export function setupCompare(hooks) {
   /** One column: a reply followed on its resume stream until `end` or `error`. */
   function column(container, reply, target) {
     const element = document.createElement("article");
-    element.className = "message assistant compare-column";
+    element.className = "message assistant compare-column generating";
     element.dataset.messageId = reply.messageId;
     const who = document.createElement("div");
     who.className = "who-said";
@@ -162,17 +162,20 @@ export function setupCompare(hooks) {
             for await (const event of readEvents(response)) {
               if (event.id) lastId = event.id;
               const data = JSON.parse(event.data);
-              if (data.type === "content") {
+              if (data.type === "queued") {
+                status.textContent = "Waiting for a free worker…";
+              } else if (data.type === "content") {
+                status.textContent = "Generating…";
                 text += data.delta;
                 show();
               } else if (data.type === "end") {
                 renderMarkdown(body, text);
-                status.textContent = data.finishReason === "cancelled" ? "Stopped" : "";
+                element.classList.remove("generating");
                 element.dataset.status = "completed";
                 return;
               } else if (data.type === "error") {
                 renderMarkdown(body, text);
-                status.textContent = "";
+                element.classList.remove("generating");
                 const error = document.createElement("div");
                 error.className = "error";
                 error.setAttribute("role", "alert");
@@ -188,7 +191,10 @@ export function setupCompare(hooks) {
         }
         await new Promise((resolve) => setTimeout(resolve, 500 * (attempt + 1)));
       }
-      status.textContent = "The stream was lost; reload the chat to see this reply.";
+      element.classList.remove("generating");
+      const lost = document.createElement("span");
+      lost.textContent = "The stream was lost; reload the chat to see this reply.";
+      meta.append(lost);
     })();
     return { element, meta, reply, done };
   }
