@@ -889,3 +889,34 @@ def test_compare_two_models_side_by_side_pick_one_and_continue_from_it(page, car
     texts = [t.strip() for t in page.locator("article.message .body").all_inner_texts()]
     assert texts[0] == "Say something short." and texts[2:] == ["And then?", "Follow-up"]
     shot(page, "54-follow-up-after-the-picked-reply.png")
+
+
+def test_on_a_phone_compare_columns_stack_and_stop_ends_every_reply(browser, live_stack, carol, scripted_model):
+    """Issue 18: on a phone the compare's replies stack (one column under the other); Stop cancels all of them."""
+    from pipelines.models import ModelConfig
+
+    scripted_model.options = {"script": [f"slow{i} " for i in range(200)], "delay": 0.1}
+    scripted_model.save()
+    ModelConfig.objects.create(
+        model_id="scripted-b", display_name="Scripted B", provider="scripted", context_window=1000,
+        options={"script": [f"other{i} " for i in range(200)], "delay": 0.1},
+    )  # fmt: skip
+    page = open_page(browser, live_stack.base_url, carol.username, width=390, height=844)
+    page.get_by_role("button", name="Compare").click()
+    page.get_by_label("Model 1", exact=True).select_option(label="Scripted")
+    page.get_by_label("Model 2", exact=True).select_option(label="Scripted B")
+    page.get_by_label("Message", exact=True).fill("Two at once on a phone")
+    page.get_by_label("Message", exact=True).press("Enter")
+    columns = page.locator(".compare-columns .compare-column")
+    columns.nth(1).wait_for()
+    page.wait_for_function("() => document.querySelector('.compare-column .body').textContent.includes('slow3')")
+    first, second = columns.nth(0).bounding_box(), columns.nth(1).bounding_box()
+    assert second["y"] >= first["y"] + first["height"] and first["width"] > 300  # stacked, full width
+    shot(page, "55-compare-on-a-phone.png")
+    page.get_by_role("button", name="Stop").click()
+    page.locator(".compare-columns[data-complete=true]").wait_for(timeout=30_000)
+    chat = Chat.objects.get(owner=carol)
+    replies = Message.objects.filter(chat=chat, role="assistant")
+    assert sorted(r.status for r in replies) == ["cancelled", "cancelled"]
+    assert columns.locator(".meta", has_text="Stopped").count() == 2
+    page.context.close()

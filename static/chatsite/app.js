@@ -950,9 +950,13 @@ ui.stop.addEventListener("click", async () => {
   if (!state.running || !state.running.messageId || !state.chat) return;
   ui.stop.disabled = true;
   try {
-    await api("POST", `/api/chats/${state.chat.id}/messages/${state.running.messageId}/cancel`);
-  } catch (error) {
-    if (error.status !== 409) announce(error.message);
+    // A compare runs several replies (compare.js): Stop ends them all.
+    const ids = state.running.messageIds || [state.running.messageId];
+    const results = await Promise.allSettled(
+      ids.map((id) => api("POST", `/api/chats/${state.chat.id}/messages/${id}/cancel`)),
+    );
+    const failed = results.find((result) => result.status === "rejected" && result.reason.status !== 409);
+    if (failed) announce(failed.reason.message);
   } finally {
     ui.stop.disabled = false;
   }

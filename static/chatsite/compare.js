@@ -133,7 +133,7 @@ export function setupCompare(hooks) {
     meta.className = "meta";
     const status = document.createElement("span");
     status.className = "generating-label";
-    status.textContent = "Generating…";
+    status.textContent = "Waiting…"; // until its first words: it may wait for a free worker
     meta.append(status);
     element.append(who, body, meta);
     container.append(element);
@@ -172,6 +172,12 @@ export function setupCompare(hooks) {
                 renderMarkdown(body, text);
                 element.classList.remove("generating");
                 element.dataset.status = "completed";
+                if (data.finishReason === "cancelled") {
+                  const stopped = document.createElement("span");
+                  stopped.className = "usage";
+                  stopped.textContent = "Stopped";
+                  meta.append(stopped);
+                }
                 return;
               } else if (data.type === "error") {
                 renderMarkdown(body, text);
@@ -213,7 +219,8 @@ export function setupCompare(hooks) {
     messages.append(container);
     hooks.scrollToEnd();
     pending = { chatId: chat.id, columns: [] };
-    hooks.setRunning({ messageId: answer.replies[0].messageId, view: null, compare: true });
+    const messageIds = answer.replies.map((reply) => reply.messageId);
+    hooks.setRunning({ messageId: messageIds[0], messageIds, view: null });
     pending.columns = answer.replies.map((reply, index) => column(container, reply, chosen[index]));
     close();
     await Promise.all(pending.columns.map((c) => c.done));
