@@ -54,11 +54,12 @@ def do_record_usage(user: User, tokens: int) -> None:
         DailyUsage.objects.get_or_create(user=user, day=today, defaults={"tokens": tokens})
 
 
-def check_send_limits(request: Request, view: object, chat: Chat | None = None) -> None:
+def check_send_limits(request: Request, view: object, chat: Chat | None = None, replies: int = 1) -> None:
     """Refuse a send or regenerate in `chat` that another reply of the chat blocks, or that is over one of
     the user's limits (in that order: 409, then 429).
 
-    The user's replies in progress are read once, for both the chat's 409 and the per-user cap.
+    The user's replies in progress are read once, for both the chat's 409 and the per-user cap. `replies` is
+    how many replies the request would start (a compare starts one per model): all of them must fit the cap.
 
     Raises:
         ReplyInProgress: 409 `reply_in_progress` when `chat` already has a reply queued or streaming.
@@ -78,10 +79,14 @@ def check_send_limits(request: Request, view: object, chat: Chat | None = None) 
             if chat_id == chat.id:
                 raise ReplyInProgress(message_id)
     running = len(in_progress)
-    if running >= cap:
+    if running + replies > cap:
         raise Throttled(
             wait=5,
-            detail=f"You already have {running} replies in progress. Wait for one to finish, or stop one.",
+            detail=(
+                f"You already have {running} replies in progress"
+                + (f" and at most {cap} may run at once, so {replies} more do not fit" if replies > 1 else "")
+                + ". Wait for one to finish, or stop one."
+            ),
             code="too_many_replies",
         )
     left = quota_left(user)

@@ -52,6 +52,8 @@ urlpatterns = [
         branches_api.EditMessageView.as_view(),
         name="api-message-edit",
     ),
+    # Models side by side (issue 18): one question, 2 to 4 sibling replies.
+    path("chats/<str:chat_id>/messages/compare", branches_api.CompareView.as_view(), name="api-messages-compare"),
     path("workflows", pipelines_api.WorkflowListView.as_view(), name="api-workflows"),
     path("workflows/<str:workflow_id>", pipelines_api.WorkflowDetailView.as_view(), name="api-workflow"),
     path("embedding-models", knowledge_api.EmbeddingModelListView.as_view(), name="api-embedding-models"),

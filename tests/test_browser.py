@@ -963,3 +963,87 @@ def test_a_shared_chat_renders_code_and_math_in_the_systems_dark_theme(
         assert visitor.evaluate("window.__violations") == []
     finally:
         visitor_context.close()
+
+
+def test_compare_two_models_side_by_side_pick_one_and_continue_from_it(page, carol, scripted_model, smollm2):
+    """Issue 18: Compare sends one question to Scripted and SmolLM2; their replies stream into two columns; the
+    user continues with SmolLM2's, and the follow-up's parent (in the database) is that reply."""
+    smollm2.default_max_tokens = 40
+    smollm2.save()
+    scripted_model.options = {"script": [f"side{i} " for i in range(12)], "delay": 0.15}
+    scripted_model.save()
+    page.get_by_role("button", name="Compare").click()
+    page.get_by_label("Model 1", exact=True).select_option(label="Scripted")
+    page.get_by_label("Model 2", exact=True).select_option(label=smollm2.display_name)
+    shot(page, "50-compare-picking-two-models.png")
+    page.get_by_label("Message", exact=True).fill("Say something short.")
+    page.get_by_label("Message", exact=True).press("Enter")
+    columns = page.locator(".compare-columns .compare-column")
+    columns.nth(1).wait_for()
+    assert columns.count() == 2
+    assert columns.locator(".who-said").all_inner_texts() == ["Scripted", smollm2.display_name]
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.compare-column .body')].some((b) => b.textContent.trim())"
+        " && !document.querySelector('.compare-columns[data-complete]')"
+    )
+    shot(page, "51-compare-replies-streaming-in-columns.png")
+    page.locator(".compare-columns[data-complete=true]").wait_for(timeout=120_000)
+    shot(page, "52-compare-replies-done.png")
+
+    chat = Chat.objects.get(owner=carol)
+    question = Message.objects.get(chat=chat, role="user", content="Say something short.")
+    scripted_reply, smol_reply = Message.objects.filter(chat=chat, role="assistant").order_by("created_at")
+    assert scripted_reply.parent_id == smol_reply.parent_id == question.id
+    assert (scripted_reply.model_id, smol_reply.model_id) == ("scripted", "smollm2-135m")
+    assert scripted_reply.status == smol_reply.status == "completed" and smol_reply.content
+    assert columns.nth(0).locator(".body").inner_text().strip() == scripted_reply.content.strip()
+    assert columns.nth(1).locator(".body").inner_text().strip()
+
+    columns.nth(1).get_by_role("button", name="Continue with this").click()
+    page.locator(f"#messages[data-branch-leaf='{smol_reply.id}']").wait_for()
+    assert page.locator(".compare-columns").count() == 0
+    assert page.locator("article.message.assistant .sibling-position").inner_text() == "2 / 2"
+    shot(page, "53-continued-with-smollm2.png")
+
+    scripted_model.options = {"script": ["Follow", "-up"]}
+    scripted_model.save()
+    page.get_by_label("Model", exact=True).select_option(label="Scripted")
+    page.get_by_label("Message", exact=True).fill("And then?")
+    page.get_by_label("Message", exact=True).press("Enter")
+    wait_finished(page)
+    follow_up = Message.objects.get(chat=chat, role="user", content="And then?")
+    assert follow_up.parent_id == smol_reply.id
+    texts = [t.strip() for t in page.locator("article.message .body").all_inner_texts()]
+    assert texts[0] == "Say something short." and texts[2:] == ["And then?", "Follow-up"]
+    shot(page, "54-follow-up-after-the-picked-reply.png")
+
+
+def test_on_a_phone_compare_columns_stack_and_stop_ends_every_reply(browser, live_stack, carol, scripted_model):
+    """Issue 18: on a phone the compare's replies stack (one column under the other); Stop cancels all of them."""
+    from pipelines.models import ModelConfig
+
+    scripted_model.options = {"script": [f"slow{i} " for i in range(200)], "delay": 0.1}
+    scripted_model.save()
+    ModelConfig.objects.create(
+        model_id="scripted-b", display_name="Scripted B", provider="scripted", context_window=1000,
+        options={"script": [f"other{i} " for i in range(200)], "delay": 0.1},
+    )  # fmt: skip
+    page = open_page(browser, live_stack.base_url, carol.username, width=390, height=844)
+    page.get_by_role("button", name="Compare").click()
+    page.get_by_label("Model 1", exact=True).select_option(label="Scripted")
+    page.get_by_label("Model 2", exact=True).select_option(label="Scripted B")
+    page.get_by_label("Message", exact=True).fill("Two at once on a phone")
+    page.get_by_label("Message", exact=True).press("Enter")
+    columns = page.locator(".compare-columns .compare-column")
+    columns.nth(1).wait_for()
+    page.wait_for_function("() => document.querySelector('.compare-column .body').textContent.includes('slow3')")
+    first, second = columns.nth(0).bounding_box(), columns.nth(1).bounding_box()
+    assert second["y"] >= first["y"] + first["height"] and first["width"] > 300  # stacked, full width
+    shot(page, "55-compare-on-a-phone.png")
+    page.get_by_role("button", name="Stop").click()
+    page.locator(".compare-columns[data-complete=true]").wait_for(timeout=30_000)
+    chat = Chat.objects.get(owner=carol)
+    replies = Message.objects.filter(chat=chat, role="assistant")
+    assert sorted(r.status for r in replies) == ["cancelled", "cancelled"]
+    assert columns.locator(".meta", has_text="Stopped").count() == 2
+    page.context.close()

@@ -58,6 +58,8 @@ MATRIX = {
     "api/shares/<str:token>/messages/<str:message_ref>/stream": {"GET": (200, 200, 200, 200)},
     # Branches (issue 18): the message given is a reply, and an empty body has no content: 400 for the owner.
     "api/chats/<str:chat_id>/messages/<str:message_id>/edit": {"POST": (400, 403, 403, 401)},
+    # Models side by side (issue 18): an empty body has no content and no targets: 400 for the owner.
+    "api/chats/<str:chat_id>/messages/compare": {"POST": (400, 403, 403, 401)},
     "api/workflows": {"GET": (200, 200, 200, 401), "POST": (400, 400, 400, 401)},  # an empty body
     "api/workflows/<str:workflow_id>": {
         "GET": (200, 403, 403, 401),

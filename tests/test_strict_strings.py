@@ -16,7 +16,7 @@ from tests.test_auth_api import csrf_client
 API_MODULES = [
     "chats.serializers", "chats.api", "pipelines.serializers", "pipelines.steps", "pipelines.api",
     "knowledge.serializers", "knowledge.api", "protocols.openai_serializers", "protocols.search_sessions",
-    "chats.share_api",
+    "chats.share_api", "chats.compare",
 ]  # fmt: skip
 STRINGISH = (serializers.CharField, serializers.ChoiceField, serializers.UUIDField, serializers.SlugRelatedField)
 

@@ -9,6 +9,7 @@ import { setupShare } from "./share.js";
 import { MessageTree, siblingControls, startEdit } from "./branches.js";
 // Reading features (issue 18.6): copy buttons and the throttled live render; highlighting and math are markdown.js's.
 import { addMessageCopy, liveRenderer } from "./render.js";
+import { setupCompare } from "./compare.js";
 
 const boot = JSON.parse(document.getElementById("boot").textContent);
 allowImageHosts(boot.imageHosts);
@@ -70,6 +71,55 @@ const library = setupLibrary({
 
 // Share links (share.js).
 const share = setupShare({ getChat: () => state.chat, announce: (text) => announce(text) });
+
+// --- Models side by side (compare.js) -------------------------------------------------------------------
+
+const compare = setupCompare({
+  ensureChat: async () => {
+    if (state.chat) return state.chat;
+    const chat = await api("POST", "/api/chats", { modelId: ui.modelPicker.value, workflowId: null });
+    state.chat = chat;
+    history.pushState({}, "", `/c/${chat.id}`);
+    showChatControls(true);
+    return chat;
+  },
+  addUserMessage: (text) => {
+    removeRegenerate();
+    addUserMessage(text);
+  },
+  shownLeaf: (chatId) => shownLeaf(chatId),
+  setRunning: (running) => setRunning(running),
+  continueFrom: async (chatId, replyId) => {
+    Object.assign(branch, { chatId, tree: new MessageTree(await listAll(`/api/chats/${chatId}/messages`)) });
+    if (!state.chat || state.chat.id !== chatId) return;
+    renderBranch(replyId);
+    addRegenerate();
+    ui.messages.dataset.branchLeaf = replyId; // the page's branch is known (tests wait for it)
+    ui.prompt.focus();
+  },
+  announce: (text) => announce(text),
+  scrollToEnd: () => scrollToEnd(),
+  userId: boot.userId,
+});
+
+/** The composer's send when Compare is on (or its replies await a pick): true when it was handled here. */
+async function compareHandles(text) {
+  if (compare.awaitingPick(state.chat && state.chat.id)) {
+    announce("Choose a reply to continue with first (Continue with this).");
+    return true;
+  }
+  if (!compare.isOpen()) return false;
+  ui.prompt.value = "";
+  try {
+    await compare.submit(text);
+    if (state.chat && !state.chat.title) await refreshChat(state.chat.id);
+  } catch (error) {
+    setRunning(null);
+    ui.prompt.value = text; // nothing is lost
+    announce(error.message);
+  }
+  return true;
+}
 
 // --- API -------------------------------------------------------------------------------------------------
 
@@ -872,6 +922,7 @@ ui.composer.addEventListener("submit", async (event) => {
     announce(`Messages can be at most ${boot.maxMessageChars} characters.`);
     return;
   }
+  if (await compareHandles(text)) return; // Models side by side (compare.js)
   ui.prompt.value = "";
   const attachments = [...docs.attached];
   setAttached([]);
@@ -896,9 +947,13 @@ ui.stop.addEventListener("click", async () => {
   if (!state.running || !state.running.messageId || !state.chat) return;
   ui.stop.disabled = true;
   try {
-    await api("POST", `/api/chats/${state.chat.id}/messages/${state.running.messageId}/cancel`);
-  } catch (error) {
-    if (error.status !== 409) announce(error.message);
+    // A compare runs several replies (compare.js): Stop ends them all.
+    const ids = state.running.messageIds || [state.running.messageId];
+    const results = await Promise.allSettled(
+      ids.map((id) => api("POST", `/api/chats/${state.chat.id}/messages/${id}/cancel`)),
+    );
+    const failed = results.find((result) => result.status === "rejected" && result.reason.status !== 409);
+    if (failed) announce(failed.reason.message);
   } finally {
     ui.stop.disabled = false;
   }
