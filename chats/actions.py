@@ -81,7 +81,7 @@ def running_reply(chat: Chat) -> Message | None:
     return chat.messages.filter(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)).first()
 
 
-def _running_and_newest(chat: Chat) -> tuple[Message | None, str | None]:
+def running_and_newest(chat: Chat) -> tuple[Message | None, str | None]:
     """`chat`'s running reply (or None) and the id of its newest message (or None), in one query.
 
     Call it with the chat's row locked, in a statement after the lock's: under READ COMMITTED each statement
@@ -147,7 +147,7 @@ def do_send_message(
             updated_at=now,
             title=Case(When(title="", then=Value(title)), default=F("title")),
         )
-        running, previous_id = _running_and_newest(chat)
+        running, previous_id = running_and_newest(chat)
         if running is not None:
             raise ReplyInProgress(running.id)  # the chat's UPDATE is rolled back with the rest
         question = Message(

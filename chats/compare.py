@@ -14,7 +14,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from rest_framework import serializers
 
-from chats.actions import TITLE_FROM_MESSAGE_CHARS, _running_and_newest, enqueue_reply, new_reply
+from chats.actions import TITLE_FROM_MESSAGE_CHARS, running_and_newest, enqueue_reply, new_reply
 from chats.exceptions import ReplyInProgress
 from chats.fields import StrictCharField, StrictUUIDField
 from chats.models import Chat, Message, User
@@ -112,7 +112,7 @@ def do_compare(
             updated_at=now,
             title=Case(When(title="", then=Value(title)), default=F("title")),
         )
-        running, previous_id = _running_and_newest(chat)
+        running, previous_id = running_and_newest(chat)
         if running is not None:
             raise ReplyInProgress(running.id)
         question = Message(
