@@ -14,7 +14,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from rest_framework import serializers
 
-from chats.actions import TITLE_FROM_MESSAGE_CHARS, running_and_newest, enqueue_reply, new_reply
+from chats.actions import TITLE_FROM_MESSAGE_CHARS, enqueue_reply, new_reply, running_and_newest
 from chats.exceptions import ReplyInProgress
 from chats.fields import StrictCharField, StrictUUIDField
 from chats.models import Chat, Message, User
