@@ -229,6 +229,23 @@ def stream_reply(message: Message, last_id: str | None = None) -> StreamingHttpR
         raise InvalidLastEventId(str(exc)) from exc
 
 
+def access_sender_chat(request: Request, chat_id: str) -> Chat:
+    """The chat a send (or compare) goes to, after the checks seed 004 makes before reading the body's fields.
+
+    Raises:
+        NotFound, PermissionDenied: 404 no such chat, 403 someone else's (`access_chat`).
+        ParseError: 400 when the body is not a JSON object.
+        PermissionDenied: 403 when the body's `userId` is not the caller.
+    """
+    chat = access_chat(request.user, chat_id)
+    if not isinstance(request.data, dict):
+        raise ParseError("The body must be a JSON object.")
+    user_id = request.data.get("userId")
+    if user_id is not None and str(user_id) != str(request.user.id):
+        raise PermissionDenied("userId is not the logged-in user.")
+    return chat
+
+
 def usable_chat_workflow(chat: Chat) -> Workflow | None:
     """The chat's default workflow, if its owner may still run it."""
     if chat.workflow_id is None:
@@ -260,12 +277,7 @@ class MessageStreamView(APIView):
         },
     )
     def post(self, request: Request, chat_id: str) -> StreamingHttpResponse:
-        chat = access_chat(request.user, chat_id)
-        if not isinstance(request.data, dict):
-            raise ParseError("The body must be a JSON object.")
-        user_id = request.data.get("userId")
-        if user_id is not None and str(user_id) != str(request.user.id):
-            raise PermissionDenied("userId is not the logged-in user.")
+        chat = access_sender_chat(request, chat_id)
         body = SendMessageSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
         parent_id = branches.parent_in_chat(chat, body.validated_data.get("parentId"))

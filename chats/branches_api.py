@@ -5,14 +5,14 @@ walks in `chats.branches` and `chats.compare`."""
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ParseError, PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chats import branches, compare
-from chats.access import access_chat, access_message
-from chats.api import ERROR_SHAPE, SSE_RESPONSE, stream_reply
+from chats.access import access_message
+from chats.api import ERROR_SHAPE, SSE_RESPONSE, access_sender_chat, stream_reply
 from chats.limits import check_send_limits
 from chats.serializers import EditMessageSerializer
 from pipelines.access import usable_models
@@ -81,12 +81,7 @@ class CompareView(APIView):
         },
     )
     def post(self, request: Request, chat_id: str) -> Response:
-        chat = access_chat(request.user, chat_id)
-        if not isinstance(request.data, dict):
-            raise ParseError("The body must be a JSON object.")
-        user_id = request.data.get("userId")
-        if user_id is not None and str(user_id) != str(request.user.id):
-            raise PermissionDenied("userId is not the logged-in user.")
+        chat = access_sender_chat(request, chat_id)
         body = compare.CompareSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
         parent_id = branches.parent_in_chat(chat, body.validated_data.get("parentId"))
