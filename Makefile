@@ -41,7 +41,7 @@ node_modules/.installed: package.json package-lock.json
 
 # The browser tests drive Debian's Chromium (a browser download is impossible here).
 /usr/bin/chromium:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium
 
 # pgvector for PostgreSQL (document search); Debian's source package built against the local server.
 pgvector:
