@@ -34,7 +34,7 @@ LIFECYCLE_ENV = {
     "CHATSITE_WATCHDOG_SECONDS": "1",
     "CHATSITE_REQUEUE_SECONDS": "5",
     "CHATSITE_CANCEL_WAIT_SECONDS": "3",
-    "CHATSITE_TASK_SOFT_TIME_LIMIT": "8",
+    "CHATSITE_TASK_SOFT_TIME_LIMIT": "12",
     "CHATSITE_TASK_TIME_LIMIT": "30",
     # The live tests and benchmarks send many replies at once from few users; limits are tested on their own.
     "CHATSITE_SEND_RATE": "100000/min",
@@ -172,7 +172,7 @@ def start_stack(
     redis_url: str,
     *,
     extra_env: dict[str, str] | None = None,
-    concurrency: int = 100,
+    concurrency: int = 1000,
     pool: str = "gevent",
     embedded: bool = False,
 ) -> Stack:

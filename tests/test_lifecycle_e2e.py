@@ -310,7 +310,7 @@ def test_a_reply_lost_from_the_queue_is_queued_again_by_the_watchdog(session, ca
 
 
 def test_a_reply_that_runs_past_its_time_limit_ends_with_a_timeout_error(session, carol, scripted_model):
-    slow(scripted_model, count=40, delay=0.5)  # 20 s, past the stack's 8 s soft time limit
+    slow(scripted_model, count=40, delay=0.5)  # 20 s, past the stack's 12 s soft time limit
     client, token = session
     chat_id = new_chat(client, token)
     received = send(client, token, chat_id, carol)
