@@ -76,8 +76,10 @@ def test_events_become_metadata_text_cells_previews_and_final_metadata():
     assert first["createdAt"] == "2026-01-02T00:00:00Z" and first["metadata"] == {"user_message_id": "q-1"}
     rows = [[f"r{i}", i] for i in range(PREVIEW_ROWS + 5)]
     events = [
-        {"type": "start", "messageId": "m-1", "chatId": "c-1", "userMessageId": "q-1", "model": "s", "workflowId": None},
-        {"type": "tool_call", "callId": "k1", "toolName": "sql_query", "toolArgs": {"connector": "demo", "query": "SELECT 1"}},
+        {"type": "start", "messageId": "m-1", "chatId": "c-1", "userMessageId": "q-1", "model": "s",
+         "workflowId": None},
+        {"type": "tool_call", "callId": "k1", "toolName": "sql_query",
+         "toolArgs": {"connector": "demo", "query": "SELECT 1"}},
         {"type": "tool_call", "callId": "k2", "toolName": "calculator", "toolArgs": {"expression": "1+1"}},
         {"type": "tool_result", "callId": "k2", "toolName": "calculator", "result": 2},
         {"type": "tool_result", "callId": "k1", "toolName": "sql_query",
@@ -86,7 +88,8 @@ def test_events_become_metadata_text_cells_previews_and_final_metadata():
         {"type": "step", "step": "sql", "state": "finished", "index": 3, "sql": "SELECT 2 AS b", "connector": "demo",
          "columns": ["b"], "rows": [[2]], "rowCount": 1},
         {"type": "content", "delta": "Two"},
-        {"type": "end", "messageId": "m-1", "finishReason": "stop", "usage": {"promptTokens": 5, "completionTokens": 3}},
+        {"type": "end", "messageId": "m-1", "finishReason": "stop",
+         "usage": {"promptTokens": 5, "completionTokens": 3}},
     ]  # fmt: skip
     out = _json(response for event in events for response in encoder.encode(event))
     assert [next(iter(o)) for o in out] == ["cell", "preview", "cell", "preview", "text", "metadata"]
@@ -115,7 +118,8 @@ def test_a_failed_query_previews_its_error_and_a_failed_reply_ends_failed():
 
 
 def test_a_cancelled_reply_ends_cancelled():
-    end = {"type": "end", "messageId": "m", "finishReason": "cancelled", "usage": {"promptTokens": 1, "completionTokens": 1}}
+    usage = {"promptTokens": 1, "completionTokens": 1}
+    end = {"type": "end", "messageId": "m", "finishReason": "cancelled", "usage": usage}
     assert _json(_encoder().encode(end))[0]["metadata"]["status"] == "QUERY_STATUS_CANCELLED"
 
 
@@ -191,7 +195,8 @@ def test_connectors_are_those_the_caller_may_use(alice, scripted_model, connecto
     # bob's connector reads as an unknown one.
     refused = _refused(Code.NOT_FOUND, key, question="Hi", tools={"sql_enabled": True, "connector_ids": [theirs.id]})
     assert "bobs-db" not in refused
-    info = start_reply(key, StreamRequest(question="Sales?", tools=ChatTools(sql_enabled=True, connector_ids=[mine.id])))
+    tools = ChatTools(sql_enabled=True, connector_ids=[mine.id])
+    info = start_reply(key, StreamRequest(question="Sales?", tools=tools))
     reply = Message.objects.get(id=info.message_id)
     assert reply.options["connectors"] == ["alices-db"] and reply.chat.source == Chat.Source.CONNECT_RPC
     steps = reply.options["steps"]

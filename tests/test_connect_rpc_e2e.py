@@ -105,7 +105,8 @@ def check_sql_stream(messages: list[dict], demo: Connector, *, continuation: boo
     assert preview["rows"] == revenue_by_region() and preview["rowCount"] == 4
     assert "".join(m["text"] for m in messages if "text" in m) == "".join(ANSWER)
     last = last["metadata"]
-    assert last["status"] == "QUERY_STATUS_COMPLETED" and last["id"] == first["id"] and last["chatId"] == first["chatId"]
+    assert last["status"] == "QUERY_STATUS_COMPLETED"
+    assert last["id"] == first["id"] and last["chatId"] == first["chatId"]
     assert last["usage"]["promptTokens"] > 0 and last["usage"]["totalTokens"] > last["usage"]["promptTokens"]
     reply = Message.objects.get(id=first["id"])
     assert reply.status == "completed" and reply.content == "".join(ANSWER)
@@ -233,7 +234,11 @@ def test_cancel_stops_a_reply_from_both_clients(live_stack, carol, slow_model, k
         first = json.loads(body[5 : 5 + struct.unpack(">I", body[1:5])[0]])["metadata"]
         cancelled = client.post(CANCEL, json={"chatId": first["chatId"], "messageId": first["id"]}, headers=auth)
         assert cancelled.status_code == 200, cancelled.text
-        assert cancelled.json() == {"chatId": first["chatId"], "messageId": first["id"], "status": "QUERY_STATUS_CANCELLED"}
+        assert cancelled.json() == {
+            "chatId": first["chatId"],
+            "messageId": first["id"],
+            "status": "QUERY_STATUS_CANCELLED",
+        }
         body += b"".join(chunks)
     messages, end = unpack(body)
     assert end == {} and messages[-1]["metadata"]["status"] == "QUERY_STATUS_CANCELLED"

@@ -179,7 +179,7 @@ class ReplyEncoder:
         *,
         columns: Any = (),
         rows: Any = (),
-        rowCount: Any = None,  # noqa: N803 (the event's own field name)
+        rowCount: Any = None,  # the event's own field name
         truncated: Any = False,
         error: str = "",
         **_: Any,

@@ -122,10 +122,8 @@ def route(application: Callable, connect: Callable) -> Callable:
         if procedure is None:
             await application(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        if headers.get(b"content-type", b"").lower().startswith(b"application/grpc") and not headers.get(
-            b"content-type", b""
-        ).lower().startswith(b"application/grpc-web"):
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
+        if content_type.startswith(b"application/grpc") and not content_type.startswith(b"application/grpc-web"):
             # gRPC needs HTTP trailers, which daphne does not send: say so rather than fail inside connectrpc.
             await _refuse(send, 415, b"gRPC needs HTTP/2 trailers; use the Connect protocol (or gRPC-Web).")
             return
@@ -135,6 +133,9 @@ def route(application: Callable, connect: Callable) -> Callable:
 
 
 async def _refuse(send: Callable, status: int, text: bytes) -> None:
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"accept-post", b"application/connect+json, application/connect+proto")]
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"accept-post", b"application/connect+json, application/connect+proto"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": text, "more_body": False})
