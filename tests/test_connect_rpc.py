@@ -196,7 +196,7 @@ def test_connectors_are_those_the_caller_may_use(alice, scripted_model, connecto
     refused = _refused(Code.NOT_FOUND, key, question="Hi", tools={"sql_enabled": True, "connector_ids": [theirs.id]})
     assert "bobs-db" not in refused
     tools = ChatTools(sql_enabled=True, connector_ids=[mine.id])
-    info = start_reply(key, StreamRequest(question="Sales?", tools=tools))
+    info = start_reply(key, StreamRequest(question="Sales?", tools=tools, model="scripted"))
     reply = Message.objects.get(id=info.message_id)
     assert reply.options["connectors"] == ["alices-db"] and reply.chat.source == Chat.Source.CONNECT_RPC
     steps = reply.options["steps"]

@@ -96,7 +96,10 @@ def kinds(messages: list[dict]) -> list[str]:
 def check_sql_stream(messages: list[dict], demo: Connector, *, continuation: bool = False) -> dict:
     """The seed's order: metadata first, a cell and its preview from the demo database, the text, last metadata
     with usage. Returns the first metadata."""
-    assert kinds(messages) == ["metadata", "cell", "preview", *["text"] * len(ANSWER), "metadata"], messages
+    # Text deltas may arrive batched (CHATSITE_DELTA_BATCH_MS): one text message or several.
+    found = kinds(messages)
+    assert found[:3] == ["metadata", "cell", "preview"] and found[-1] == "metadata", messages
+    assert len(found) > 4 and set(found[3:-1]) == {"text"}, messages
     first, cell, preview, last = messages[0]["metadata"], messages[1]["cell"], messages[2]["preview"], messages[-1]
     assert first["status"] == "QUERY_STATUS_IN_PROGRESS" and first["model"] == "scripted-sql"
     assert bool(first.get("isContinuation")) is continuation and first["chatId"] and first["id"]
@@ -164,7 +167,7 @@ def connect_post(client: httpx.Client, path: str, body: dict | bytes, key: str |
     return unpack(response.content)
 
 
-def test_raw_connect_json_at_v1_stream_gets_the_same(live_stack, demo, sql_model, key, sql_analyst):
+def test_raw_connect_json_at_v1_stream_gets_the_same(live_stack, demo, sql_model, scripted_model, key, sql_analyst):
     with httpx.Client(base_url=live_stack.base_url, timeout=60) as client:
         messages, end = connect_post(client, "/v1/stream", example_request(demo), key)
         assert end == {}

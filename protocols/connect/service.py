@@ -12,12 +12,13 @@ text. For a streaming RPC, Connect sends an error in the stream's end message (H
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
@@ -59,6 +60,17 @@ def _in_thread(function: Callable[..., T]) -> Callable[..., Any]:
     return sync_to_async(run, thread_sensitive=False)
 
 
+@contextlib.asynccontextmanager
+async def _request_scope() -> AsyncIterator[None]:
+    """What Django gives each request, for code that calls `sync_to_async` itself (the relay's reads of a saved
+    reply, the cancel): a thread of its own while it runs, whose database connection is let go at the end."""
+    async with ThreadSensitiveContext():
+        try:
+            yield
+        finally:
+            await sync_to_async(close_old_connections)()
+
+
 def _authorization(ctx: RequestContext) -> str:
     return ctx.request_headers.get("authorization", "") or ""
 
@@ -84,17 +96,19 @@ class ChatService:
             raise _Internal() from exc
         encoder = ReplyEncoder(info)
         yield encoder.first()
-        async for event in reply_events(info.message_id):
-            if event is None:
-                continue  # an idle spell: Connect has no comment line to keep the connection busy with
-            for response in encoder.encode(event):
-                yield response
+        async with _request_scope():
+            async for event in reply_events(info.message_id):
+                if event is None:
+                    continue  # an idle spell: Connect has no comment line to keep the connection busy with
+                for response in encoder.encode(event):
+                    yield response
 
     async def cancel(self, request: CancelRequest, ctx: RequestContext) -> CancelResponse:
         """Stop the reply (`message_id`, or the chat's reply in progress) and answer once it is saved cancelled."""
         try:
             reply: Message = await _in_thread(reply_to_cancel)(_authorization(ctx), request.chat_id, request.message_id)
-            reply = await do_cancel_reply(reply)
+            async with _request_scope():
+                reply = await do_cancel_reply(reply)
         except ConnectError:
             raise
         except exceptions.APIException as exc:
