@@ -17,7 +17,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 export CHATSITE_DEMO_CONNECTOR_URL ?= postgres://chatsite_demo_reader@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-retrieval clean
+.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-retrieval proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,14 @@ bench: install-dev
 # SQLite, against exact search; prints its figures (bench/retrieval.py).
 bench-retrieval: install-dev
 	$(BIN)/python bench/retrieval.py
+
+# Seed 000's Connect-RPC code, protocols/connect/stream_pb.py and stream_connect.py (committed), from
+# protocols/connect/stream.proto: grpcio-tools' protoc runs protoc-gen-py (protobuf-py messages) and
+# protoc-gen-connectrpc (the service, the ASGI application and the clients). tests/test_connect_rpc.py checks that
+# the committed files match the .proto.
+proto: install-dev
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I. --py_out=. --py_opt=init_files=false --connectrpc_out=. \
+		protocols/connect/stream.proto
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

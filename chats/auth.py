@@ -45,6 +45,29 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def bearer_key(authorization: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header value, or None when it is not one."""
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return key.strip()
+
+
+def find_api_key(key: str):
+    """The API key `key` (an `ApiKey`, its `owner` loaded) if it exists, is not revoked and its owner is active;
+    else None. Marks it used, writing at most once a minute per key so that busy keys do not write on every
+    request."""
+    from chats.models import ApiKey
+
+    api_key = ApiKey.objects.select_related("owner").filter(key_hash=hash_key(key), revoked_at__isnull=True).first()
+    if api_key is None or not api_key.owner.is_active:
+        return None
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > timedelta(minutes=1):
+        type(api_key).objects.filter(pk=api_key.pk).update(last_used_at=now)
+    return api_key
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     """`Authorization: Bearer <key>` with a key from `POST /api/keys`; no CSRF token (no cookie is involved).
 
@@ -56,25 +79,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     """
 
     def authenticate(self, request: Request):
-        header = request.headers.get("Authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = bearer_key(request.headers.get("Authorization", ""))
+        if key is None:
             return None
-        from chats.models import ApiKey
-
-        api_key = (
-            ApiKey.objects.select_related("owner")
-            .filter(key_hash=hash_key(key.strip()), revoked_at__isnull=True)
-            .first()
-        )
-        if api_key is None or not api_key.owner.is_active:
+        api_key = find_api_key(key)
+        if api_key is None:
             raise exceptions.AuthenticationFailed("This API key is unknown or has been revoked.")
         if api_key.read_only and request.method not in SAFE_METHODS:
             raise exceptions.PermissionDenied("This API key is read-only.")
-        # One small write at most once a minute per key, so busy keys do not write on every request.
-        now = timezone.now()
-        if api_key.last_used_at is None or now - api_key.last_used_at > timedelta(minutes=1):
-            type(api_key).objects.filter(pk=api_key.pk).update(last_used_at=now)
         return api_key.owner, api_key
 
     def authenticate_header(self, request: Request) -> str:

@@ -55,8 +55,11 @@ EVENT_TYPES: dict[str, EventType] = {
             {"step": "the step's type", "state": "started, finished or failed", "index": "its place, from 1"},
             {
                 "output": "a rewritten question (rewrite_query, finished)",
-                "rowCount": "rows read (sql, finished)",
-                "columns": "column names (sql, finished)",
+                "sql": "the SQL text it ran (a step that executes SQL, finished)",
+                "connector": "the connector it ran on, by name (a step that executes SQL, finished)",
+                "rowCount": "rows read (a step that executes SQL, finished)",
+                "columns": "column names (a step that executes SQL, finished)",
+                "rows": "the first rows, each a list of values (a step that executes SQL, finished)",
                 "resultCount": "passages found (retrieve, finished)",
                 "note": "something the user should know (generate, finished)",
             },

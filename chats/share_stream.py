@@ -26,8 +26,9 @@ from chats.models import Message, Share
 from chats.sharing import UNAVAILABLE, is_revoked, message_ref, result_text, viewer_source
 from chats.streaming import LastEventIdError, reply_stream_response
 
-# The `step` details a viewer does not need: the names of a connected database's columns.
-HIDDEN_STEP_FIELDS = frozenset({"columns"})
+# The `step` details a viewer does not need: what a connected database is called, the SQL run on it, the names of
+# its columns and its rows.
+HIDDEN_STEP_FIELDS = frozenset({"columns", "sql", "connector", "rows"})
 
 
 def viewer_event(event: events.Event, ref: str) -> events.Event | None:

@@ -1,4 +1,5 @@
-"""ASGI entry point, served by daphne: Django HTTP (the API and the SSE relay) and Channels WebSocket."""
+"""ASGI entry point, served by daphne: Django HTTP (the API and the SSE relay), seed 000's Connect-RPC service
+(protocols.connect) and Channels WebSocket."""
 
 import os
 
@@ -23,9 +24,12 @@ logging.getLogger("chatsite").warning(
     settings.CHATSITE_MODE_REASON,
 )
 
+from protocols.connect.service import connect_application, route  # noqa: E402
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Seed 000's Connect-RPC procedures (and POST /v1/stream) go to Connect for Python, the rest to Django.
+        "http": route(django_asgi_app, connect_application()),
         # No WebSocket consumers yet: the stream is SSE over HTTP. The router is here so they can be added.
         "websocket": URLRouter([]),
     }

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # Tokens kept free when numbered sources are fitted into the prompt (wrapping text, the question's label).
 SOURCES_MARGIN_TOKENS = 64
+SQL_EVENT_ROWS = 20
+"""Most rows of an `sql` step's result that its `step` finished event carries (protocols preview them)."""
 CITE_INSTRUCTIONS = (
     "Answer from the numbered sources given with the question when they are relevant, and cite each source you "
     "use by its number in square brackets, like [1]. If the sources do not hold the answer, say so."
@@ -328,7 +330,13 @@ class ReplyGeneration:
             retryable = exc.code in ("sql_timeout", "connector_unavailable")
             raise GenerationError(exc.code, exc.message, retryable=retryable) from exc
         self.context.append(sql_context(connector.name, result))
-        return {"rowCount": result["rowCount"], "columns": result["columns"]}
+        return {
+            "sql": step["query"],
+            "connector": connector.name,
+            "columns": result["columns"],
+            "rows": result["rows"][:SQL_EVENT_ROWS],
+            "rowCount": result["rowCount"],
+        }
 
     def _step_retrieve(self, step: dict, explicit: bool, index: int) -> dict | None:
         from knowledge.embeddings import EmbeddingError
@@ -549,7 +557,13 @@ class ReplyGeneration:
     def _run_tools(self, calls: list[ToolCall]) -> list[ChatMessage]:
         """Run the model's tool calls, stream them, and return the prompt messages that report them."""
         owner = self.message.chat.owner
-        context = ToolContext(user_id=str(owner.id), user_name=owner.get_username(), message_id=self.message_id)
+        narrowed = (self.message.options or {}).get("connectors")
+        context = ToolContext(
+            user_id=str(owner.id),
+            user_name=owner.get_username(),
+            message_id=self.message_id,
+            connectors=tuple(narrowed) if narrowed is not None else None,
+        )
         asked: ChatMessage = {
             "role": "assistant",
             "content": "",

@@ -21,11 +21,13 @@ class ToolError(Exception):
 
 @dataclass(frozen=True)
 class ToolContext:
-    """What a tool may know about the reply it serves: the user's id and name, and the message id."""
+    """What a tool may know about the reply it serves: the user's id and name, the message id, and the names of
+    the connectors the request narrowed the reply to (None: every connector granted to the user)."""
 
     user_id: str
     user_name: str
     message_id: str
+    connectors: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ def _user(context: ToolContext) -> User | None:
 
 
 def _sql_query(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
-    """Run `arguments["query"]` on the connector named `arguments["connector"]`, if the reply's user may use it.
+    """Run `arguments["query"]` on the connector named `arguments["connector"]`, if the reply's user may use it
+    (and, when the request narrowed the reply to some connectors, `context.connectors`, it is one of those).
 
     Returns:
         dict: run_read_query's `{"columns", "rows", "rowCount", "truncated"}`.
@@ -39,6 +40,9 @@ def _sql_query(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any
     """
     name = arguments["connector"]
     usable = usable_connectors(_user(context))
+    if context.connectors is not None:
+        # The request chose some of the user's connectors (seed 000's connector_ids): only those.
+        usable = usable.filter(name__in=context.connectors)
     connector = usable.filter(name=name).first()
     if connector is None:
         available = sorted(set(usable.values_list("name", flat=True)))

@@ -131,6 +131,7 @@ const SOURCE_NAMES = {
   openai: "OpenAI-compatible API",
   rag_stream: "RAG chat stream API",
   search_session: "search session API",
+  connect_rpc: "Connect-RPC stream",
 };
 
 // --- Sidebar ---------------------------------------------------------------------------------------------
