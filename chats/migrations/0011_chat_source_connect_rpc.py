@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chats', '0009_shares'),
+        ('chats', '0010_message_lane'),
     ]
 
     operations = [
