@@ -88,9 +88,12 @@ def running_and_newest(chat: Chat) -> tuple[Message | None, str | None]:
     sees what committed before it began, so a send that waited for the lock sees the reply that the send
     before it created.
     """
-    newest = chat.messages.order_by("-created_at").values("id")[:1]
+    # Message.objects by chat_id, not chat.messages: the related manager sets each row's `chat`, which reads the
+    # deferred chat_id, which cost one more query per row (refresh_from_db).
+    messages = Message.objects.filter(chat_id=chat.pk)
+    newest = messages.order_by("-created_at").values("id")[:1]
     rows = list(
-        chat.messages.filter(
+        messages.filter(
             Q(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)) | Q(id=Subquery(newest))
         ).only("id", "status", "created_at")
     )

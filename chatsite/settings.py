@@ -397,7 +397,8 @@ CACHES = {
         {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
         if CHATSITE_EMBEDDED
         else {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's RedisCache, with one redis-py client per pool (chatsite.redis_pool.RedisCache).
+            "BACKEND": "chatsite.redis_pool.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "chatsite",
             # Every request's cache object shares one pool (Django would open a connection per request); a
