@@ -17,7 +17,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 export CHATSITE_DEMO_CONNECTOR_URL ?= postgres://chatsite_demo_reader@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-retrieval clean
+.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-send bench-retrieval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,11 @@ chaos-soak: install-dev
 # The relay benchmark: chatsite's stream path against a bare ASGI relay; prints its figures (bench/relay.py).
 bench: install-dev
 	$(BIN)/python bench/relay.py
+
+# CPU of one send (POST .../messages/stream, session and API key) in-process against a bare DRF view and a chat's
+# GET, with queries per request; `--profile N` adds a cProfile of N sends (bench/send_cpu.py).
+bench-send: install-dev
+	$(BIN)/python bench/send_cpu.py
 
 # Retrieval quality: recall@5 on tests/retrieval_set.py, ingestion chunks/s, query latency, PostgreSQL and
 # SQLite, against exact search; prints its figures (bench/retrieval.py).

@@ -105,7 +105,8 @@ class Bench:
         self.sent = 0
 
     def body(self) -> str:
-        return json.dumps({"content": "What is the capital of France?", "modelId": "scripted", "userId": str(self.user.id)})
+        body = {"content": "What is the capital of France?", "modelId": "scripted", "userId": str(self.user.id)}
+        return json.dumps(body)
 
     def request(self, kind: str, chat_id: str):
         """Make one request of `kind`; returns the response."""

@@ -93,9 +93,9 @@ def running_and_newest(chat: Chat) -> tuple[Message | None, str | None]:
     messages = Message.objects.filter(chat_id=chat.pk)
     newest = messages.order_by("-created_at").values("id")[:1]
     rows = list(
-        messages.filter(
-            Q(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)) | Q(id=Subquery(newest))
-        ).only("id", "status", "created_at")
+        messages.filter(Q(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)) | Q(id=Subquery(newest))).only(
+            "id", "status", "created_at"
+        )
     )
     running = next((m for m in rows if m.status in (Message.Status.QUEUED, Message.Status.STREAMING)), None)
     previous = max(rows, key=lambda m: m.created_at, default=None)

@@ -1,6 +1,6 @@
 """The web role: one listening socket, several daphne processes serving it (`make run` and the Procfile).
 
-    python scripts/serve_web.py [--host H] [--port P] [--processes N] [--backlog 4096] [APP] [-- DAPHNE_ARGS...]
+    python scripts/serve_web.py [--host H] [--port P] [--processes N] [--backlog 4096] [APP] [-- DAPHNE_OPTIONS...]
 
 This process binds host:port once (listen backlog 4096, as the single daphne of before had: Twisted's default
 of 50 makes connections time out when thousands of streams open at once), then starts N daphne processes on
@@ -23,6 +23,7 @@ log lines go to stdout; the daphne processes write to the same stdout and stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import signal
@@ -105,7 +106,8 @@ class Manager:
         self.stopping: int | None = None  # the signal that asked us to stop
 
     def start(self, slot: Slot) -> None:
-        slot.process = subprocess.Popen(
+        # The command is built by main() from this script's own arguments, not from a request.
+        slot.process = subprocess.Popen(  # noqa: S603
             self.command,
             cwd=ROOT,
             env=self.env,
@@ -124,10 +126,8 @@ class Manager:
     def kill_all(self, signum: int) -> None:
         for slot in self.slots:
             if slot.process is not None and slot.process.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     slot.process.send_signal(signum)
-                except ProcessLookupError:
-                    pass
 
     def check(self, slot: Slot, now: float) -> bool:
         """Notice a death and start the slot's process again when its time comes; False to give up."""
@@ -187,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=BACKLOG, help="the listen backlog (default %(default)s)")
     parser.add_argument("--stop-timeout", type=float, default=10.0, help="seconds to wait for a clean stop")
     parser.add_argument("application", nargs="?", default="chatsite.asgi:application")
-    parser.add_argument("daphne_args", nargs=argparse.REMAINDER, help="after --: more daphne options")
-    args = parser.parse_args(argv)
-    daphne_args = args.daphne_args[1:] if args.daphne_args[:1] == ["--"] else args.daphne_args
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after `--` goes to daphne as it is.
+    daphne_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 
     embedded, why, configured = run_mode()
     count = configured if args.processes is None else args.processes

@@ -132,8 +132,8 @@ def test_sigterm_stops_every_web_process_and_the_manager_exits_cleanly(live_stac
             assert manager.poll() is None, (tmp_path / "web.log").read_text()
             time.sleep(0.1)
         assert httpx.get(f"http://127.0.0.1:{port}/api/auth/csrf", timeout=10).status_code == 200
-        children = [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in (tmp_path / "web.log").read_text().splitlines()
-                    if "started (pid" in line]  # fmt: skip
+        lines = (tmp_path / "web.log").read_text().splitlines()
+        children = [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in lines if "started (pid" in line]
         assert len(children) == 2 and all(alive(pid) for pid in children)
         manager.send_signal(signal.SIGTERM)  # to the manager alone, as a process supervisor would
         assert manager.wait(timeout=30) == 0
