@@ -5,14 +5,15 @@ The requests run in this process, through Django's whole handler (every middlewa
 database and Redis for real: a fresh PostgreSQL database and a redis-server of its own), one at a time, with
 `time.process_time()` around each: the CPU the request costs, not the time it waits. The reply's stream body
 is not read (that is the relay's cost: `make bench`). Each send goes to a chat with some history and no reply
-in progress; between sends (not measured) the reply is marked done, as a worker would. The Celery task is
+in progress; between sends (not measured) the reply is marked done, as a worker would, and the user's rate-limit
+history is emptied (the run sends far more than the limit lets one user). The Celery task is
 published for real to a queue of this run that nothing consumes.
 
 Baselines, measured in the same run and the same way: a bare DRF view that does nothing (same middleware,
 same authentication), and `GET /api/chats/<chatId>`. Printed per kind: CPU p50/p99 per request in ms, the ratio
-of p50 to the bare view's, and queries per request. `--profile N` prints the functions that took the most CPU
-over N more session sends (cProfile), and what the enqueue (`chats.actions.enqueue_reply`: the Celery
-publish) costs on its own. The benchmark never asserts: it reports.
+of p50 to the bare view's, and queries per request, and what the enqueue (`chats.actions.enqueue_reply`: the
+Celery publish) costs on its own. `--profile N` prints the functions that took the most CPU over N more session
+sends (cProfile; `--profile-kind` profiles another request). The benchmark never asserts: it reports.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class Bench:
 
     def settle(self, kind: str, response) -> None:
         """After a send (not measured): check it, and end its reply as a worker would."""
+        from django.core.cache import cache
+
+        from chats.limits import SendRateThrottle
         from chats.models import Message
 
         expected = 200
@@ -137,6 +141,9 @@ class Bench:
             response.close()
             self.sent += 1
             Message.objects.filter(chat__owner=self.user, status="queued").update(status="completed")
+            # The rate limit keeps each user's recent sends in the cache (at most 30 by default): this run sends
+            # far more than any user may, so start each send with an empty history rather than a huge one.
+            cache.delete(SendRateThrottle.cache_format % {"scope": SendRateThrottle.scope, "ident": self.user.pk})
 
     def measure(self, kind: str, count: int) -> dict:
         from django.db import connection
@@ -159,16 +166,16 @@ class Bench:
             "requests": count,
         }
 
-    def profile(self, count: int, top: int) -> None:
+    def profile(self, kind: str, count: int, top: int) -> None:
         # CPU time, not wall time: waiting on PostgreSQL and Redis is not the web process's cost.
         profiler = cProfile.Profile(time.process_time)
         for index in range(count):
             chat_id = self.chats[index % len(self.chats)]
             profiler.enable()
-            response = self.request("send (session)", chat_id)
+            response = self.request(kind, chat_id)
             profiler.disable()
-            self.settle("send (session)", response)
-        print(f"\ncProfile of {count} session sends (cumulative CPU, the {top} costliest calls):")
+            self.settle(kind, response)
+        print(f"\ncProfile of {count} requests '{kind}' (cumulative CPU, the {top} costliest calls):")
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(top)
         print(f"\nThe same, by CPU in the function itself (the {top} costliest):")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
@@ -202,7 +209,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300, help="measured requests per kind (default 300)")
     parser.add_argument("--warmup", type=int, default=30, help="requests per kind before measuring")
-    parser.add_argument("--profile", type=int, default=0, help="also profile this many session sends")
+    parser.add_argument("--profile", type=int, default=0, help="also profile this many requests (cProfile)")
+    parser.add_argument("--profile-kind", default="send (session)", help="which request (default: a session send)")
     parser.add_argument("--top", type=int, default=40, help="functions the profile prints")
     parser.add_argument("--postgres", default=os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432"))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "send_cpu.json")
@@ -237,7 +245,7 @@ def main() -> int:
         if args.profile:
             bench.show_queries("send (session)")
             bench.show_queries("send (Bearer key)")
-            bench.profile(args.profile, args.top)
+            bench.profile(args.profile_kind, args.profile, args.top)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
         print(f"\nJSON: {args.json}")
