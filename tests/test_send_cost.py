@@ -30,7 +30,7 @@ def test_a_send_is_one_update_one_read_and_one_insert(alice, alice_chat, scripte
 
 def test_the_cache_uses_one_redis_client_in_every_thread():
     # Django's cache objects are per thread; chatsite's backend gives all of them one pool and one client, as
-    # building a redis-py client costs about 1 ms of CPU.
+    # building a redis-py client costs about 0.1 ms of CPU.
     clients = []
 
     def use_cache() -> None:
