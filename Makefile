@@ -17,7 +17,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 export CHATSITE_DEMO_CONNECTOR_URL ?= postgres://chatsite_demo_reader@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-retrieval proto clean
+.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-send bench-retrieval proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,10 +50,11 @@ pgvector:
 install: $(VENV)/.installed node_modules/.installed
 install-dev: install $(VENV)/.installed-dev /usr/bin/chromium pgvector
 
-# Full mode (Redis answers): daphne, a Celery worker and beat (Procfile). Embedded mode (no Redis, or
-# CHATSITE_EMBEDDED=1): daphne alone, generating replies on a thread pool. daphne listens with a backlog of 4096
-# (Twisted's default is 50): when thousands of streams open at once, connections wait to be accepted instead of
-# timing out.
+# Full mode (Redis answers): the web role, a Celery worker and beat (Procfile). Embedded mode (no Redis, or
+# CHATSITE_EMBEDDED=1): one daphne process alone, generating replies on a thread pool. The web role is
+# scripts/serve_web.py: it listens once (backlog 4096, not Twisted's 50: when thousands of streams open at once,
+# connections wait to be accepted instead of timing out) and runs CHATSITE_WEB_PROCESSES daphne processes on
+# that socket (default one per core; always one in embedded mode).
 run: install
 	@case "$${DATABASE_URL:-}" in postgres*) sh scripts/install-pgvector.sh ;; esac
 	$(BIN)/python manage.py migrate --no-input
@@ -63,8 +64,7 @@ run: install
 	@if $(BIN)/python manage.py chatsite_mode; then \
 		$(BIN)/honcho start; \
 	else \
-		CHATSITE_EMBEDDED=1 $(BIN)/daphne -e tcp:port=$${CHATSITE_PORT:-8000}:interface=$${CHATSITE_HOST:-127.0.0.1}:backlog=4096 \
-			chatsite.asgi:application; \
+		CHATSITE_EMBEDDED=1 $(BIN)/python scripts/serve_web.py; \
 	fi
 
 test: install-dev
@@ -94,6 +94,11 @@ chaos-soak: install-dev
 # The relay benchmark: chatsite's stream path against a bare ASGI relay; prints its figures (bench/relay.py).
 bench: install-dev
 	$(BIN)/python bench/relay.py
+
+# CPU of one send (POST .../messages/stream, session and API key) in-process against a bare DRF view and a chat's
+# GET, with queries per request; `--profile N` adds a cProfile of N sends (bench/send_cpu.py).
+bench-send: install-dev
+	$(BIN)/python bench/send_cpu.py
 
 # Retrieval quality: recall@5 on tests/retrieval_set.py, ingestion chunks/s, query latency, PostgreSQL and
 # SQLite, against exact search; prints its figures (bench/retrieval.py).

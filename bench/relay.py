@@ -338,7 +338,7 @@ class Bench:
 
     def targets(self) -> dict[str, tuple[int, str]]:
         """`name -> (pid, url prefix)` for chatsite and the baseline."""
-        return {"chatsite": (self.stack.processes["web"].pid, "chatsite"), "baseline": (self.baseline.pid, "baseline")}
+        return {"chatsite": (self.stack.web_pids()[0], "chatsite"), "baseline": (self.baseline.pid, "baseline")}
 
     def synthetic_messages(self, count: int) -> list[tuple[str, str]]:
         """`count` finished assistant messages in one chat (so no watchdog touches them): `(chat, message)`."""
@@ -587,7 +587,8 @@ def run(args: argparse.Namespace) -> dict:
         for item in args.env:
             name, _, value = item.partition("=")
             env[name] = value
-        stack = start_stack(database_url, redis_server.url, extra_env=env, concurrency=args.workers)
+        # One web process, as the baseline is one: these figures are per process (CPU, RSS, connections).
+        stack = start_stack(database_url, redis_server.url, extra_env=env, concurrency=args.workers, web_processes=1)
         baseline_port = free_port()
         baseline = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(baseline_port),

@@ -81,11 +81,14 @@ def running_and_newest(chat: Chat) -> tuple[Message | None, str | None]:
     sees what committed before it began, so a send that waited for the lock sees the reply that the send
     before it created.
     """
-    newest = chat.messages.order_by("-created_at").values("id")[:1]
+    # Message.objects by chat_id, not chat.messages: the related manager sets each row's `chat`, which reads the
+    # deferred chat_id, which cost one more query per row (refresh_from_db).
+    messages = Message.objects.filter(chat_id=chat.pk)
+    newest = messages.order_by("-created_at").values("id")[:1]
     rows = list(
-        chat.messages.filter(
-            Q(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)) | Q(id=Subquery(newest))
-        ).only("id", "status", "created_at")
+        messages.filter(Q(status__in=(Message.Status.QUEUED, Message.Status.STREAMING)) | Q(id=Subquery(newest))).only(
+            "id", "status", "created_at"
+        )
     )
     running = next((m for m in rows if m.status in (Message.Status.QUEUED, Message.Status.STREAMING)), None)
     previous = max(rows, key=lambda m: m.created_at, default=None)

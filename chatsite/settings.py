@@ -5,6 +5,7 @@ Every value comes from the environment through django-environ's typed helpers (`
 A `.env` file beside `manage.py`, if present, is read first; real environment variables win over it.
 """
 
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -377,6 +378,9 @@ def _embedded_mode() -> tuple[bool, str]:
 
 
 CHATSITE_EMBEDDED, CHATSITE_MODE_REASON = _embedded_mode()
+# Daphne processes of the web role on one port (scripts/serve_web.py; embedded mode always runs one).
+# 0 (the default): one per core this process may run on.
+CHATSITE_WEB_PROCESSES = env.int("CHATSITE_WEB_PROCESSES", default=0) or len(os.sched_getaffinity(0))
 # Embedded mode: replies on remote models are generated on this many threads of the web process (the `network`
 # lane); replies on local models on CHATSITE_LOCAL_WORKERS threads (the `local` lane).
 CHATSITE_EMBEDDED_WORKERS = env.int("CHATSITE_EMBEDDED_WORKERS", default=16)
@@ -401,7 +405,8 @@ CACHES = {
         {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
         if CHATSITE_EMBEDDED
         else {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's RedisCache, with one redis-py client per pool (chatsite.redis_pool.RedisCache).
+            "BACKEND": "chatsite.redis_pool.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "chatsite",
             # Every request's cache object shares one pool (Django would open a connection per request); a

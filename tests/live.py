@@ -115,6 +115,41 @@ class Stack:
             time.sleep(0.05)
         pytest.fail(f"timed out waiting for {what}\n{self.dump_logs()}")
 
+    def web_pids(self) -> list[int]:
+        """The pids of the daphne processes that scripts/serve_web.py runs for this stack (its children)."""
+        manager = self.processes["web"].pid
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == manager:
+                        pids.append(int(entry))
+        return sorted(pids)
+
+    def web_pid_serving(self, client_port: int) -> int | None:
+        """The pid of the web process holding the server end of the connection from 127.0.0.1:`client_port`."""
+        server_port = int(self.base_url.rsplit(":", 1)[1])
+        inode = None
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            parts = line.split()
+            local, remote = (int(address.split(":")[1], 16) for address in parts[1:3])
+            if parts[3] == "01" and local == server_port and remote == client_port:
+                inode = f"socket:[{parts[9]}]"
+        for pid in self.web_pids() if inode else []:
+            with contextlib.suppress(OSError):
+                if any(os.readlink(f"/proc/{pid}/fd/{fd}") == inode for fd in os.listdir(f"/proc/{pid}/fd")):
+                    return pid
+        return None
+
+    def wait_web_processes(self, count: int, since: int = 0) -> None:
+        """Wait until `count` web processes have started listening (daphne logs "Listening on" once up)."""
+        self.wait_for(
+            lambda: self.log("web")[since:].count("Listening on") >= count and len(self.web_pids()) >= count,
+            60,
+            f"{count} web processes",
+        )
+
     def wait_worker_ready(self, since: int = 0) -> None:
         self.wait_for(lambda: "ready." in self.log("worker")[since:], 60, "the Celery worker")
 
@@ -175,12 +210,14 @@ def start_stack(
     concurrency: int = 1000,
     pool: str = "gevent",
     embedded: bool = False,
+    web_processes: int = 2,
 ) -> Stack:
-    """Start chatsite's processes as the Procfile does, on a queue and key prefix of their own: daphne; the
-    network lane's worker (`pool`, `concurrency` slots: gevent greenlets as the Procfile runs it, or prefork
-    processes); one prefork process for the local lane and document ingestion (the Procfile runs a worker
-    for each); and beat. Worker processes that die (the tests SIGKILL them) are started again, as a process
-    manager would. `embedded`: daphne alone in embedded mode (`redis_url` is then never used)."""
+    """Start chatsite's processes as the Procfile does, on a queue and key prefix of their own: the web role
+    (scripts/serve_web.py: `web_processes` daphne processes on one port); the network lane's worker (`pool`,
+    `concurrency` slots: gevent greenlets as the Procfile runs it, or prefork processes); one prefork process
+    for the local lane and document ingestion (the Procfile runs a worker for each); and beat. Worker processes
+    that die (the tests SIGKILL them) are started again, as a process manager would. `embedded`: the web role
+    alone in embedded mode (always one daphne process; `redis_url` is then never used)."""
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="chatsite-live-"))
     prefix = f"live:{uuid.uuid4().hex[:8]}:"
@@ -204,10 +241,10 @@ def start_stack(
     celery = [sys.executable, "-m", "celery", "-A", "chatsite"]
     quiet = ["--without-mingle", "--without-gossip", "--loglevel=INFO"]
     stack.commands = {
-        # As the Procfile runs it: a listen backlog of 4096, not Twisted's 50 (see the Procfile).
+        # As the Procfile runs it: one socket (backlog 4096), several daphne processes on it.
         "web": [
-            *[sys.executable, "-m", "daphne", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=4096"],
-            "chatsite.asgi:application",
+            *[sys.executable, "scripts/serve_web.py", "--host", "127.0.0.1", "--port", str(port)],
+            *["--processes", str(web_processes)],
         ],
         "worker": [*celery, "worker", "-P", pool, f"--concurrency={concurrency}", "-n", f"network-{port}@%h", *quiet],
         "local": [
@@ -228,6 +265,7 @@ def start_stack(
             return False
 
     stack.wait_for(web_up, 30, "daphne to answer")
+    stack.wait_web_processes(1 if embedded else web_processes)
     if not embedded:
         stack.wait_worker_ready()
         stack.wait_for(lambda: "ready." in stack.log("local"), 60, "the local lane's worker")
@@ -257,6 +295,8 @@ class Received:
     arrived: list[float] = field(default_factory=list)  # time.time() at each event's arrival
     headers: httpx.Headers = field(default_factory=httpx.Headers)
     body: bytes = b""
+    client_port: int = 0  # the local port of the client's connection (Stack.web_pid_serving finds its server)
+    broken: bool = False  # the server broke the connection before the stream's end (read_sse's `allow_break`)
 
     @property
     def types(self) -> list[str]:
@@ -277,8 +317,10 @@ def read_sse(
     headers: dict | None = None,
     stop_after: int | None = None,
     until: Callable[[Received], bool] | None = None,
+    allow_break: bool = False,
 ) -> Received:
-    """Make a request and read its SSE events until the server closes, or `stop_after` events, or `until`."""
+    """Make a request and read its SSE events until the server closes, or `stop_after` events, or `until`; or,
+    `allow_break`, until the server breaks the connection (`Received.broken`; otherwise that raises)."""
     received = Received()
     all_headers = {"X-CSRFToken": token, **(headers or {})}
     with connect_sse(
@@ -286,25 +328,38 @@ def read_sse(
     ) as source:
         received.status = source.response.status_code
         received.headers = source.response.headers
+        network = source.response.extensions.get("network_stream")
+        if network is not None:
+            received.client_port = network.get_extra_info("client_addr")[1]
         if received.status != 200:
             received.body = source.response.read()
             return received
-        for sse in source.iter_sse():
-            if not sse.data:
-                # httpx-sse remembers the last id across events, so it reports a `: ping` comment that follows
-                # an event as an event with no data; the SSE spec dispatches nothing for it.
-                continue
-            event = sse.json()
-            # Every event a live test reads keeps the reply-event contract.
-            check_event(event)
-            received.events.append(event)
-            received.ids.append(sse.id)
-            received.arrived.append(time.time())
-            if stop_after is not None and len(received.events) >= stop_after:
-                break
-            if until is not None and until(received):
-                break
+        try:
+            _read_events(source, received, stop_after, until)
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            if not allow_break:
+                raise
+            received.broken = True
     return received
+
+
+def _read_events(source, received: Received, stop_after: int | None, until) -> None:
+    # Raises httpx.RemoteProtocolError or ReadError when the server breaks the connection mid-stream.
+    for sse in source.iter_sse():
+        if not sse.data:
+            # httpx-sse remembers the last id across events, so it reports a `: ping` comment that follows
+            # an event as an event with no data; the SSE spec dispatches nothing for it.
+            continue
+        event = sse.json()
+        # Every event a live test reads keeps the reply-event contract.
+        check_event(event)
+        received.events.append(event)
+        received.ids.append(sse.id)
+        received.arrived.append(time.time())
+        if stop_after is not None and len(received.events) >= stop_after:
+            break
+        if until is not None and until(received):
+            break
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
