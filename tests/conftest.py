@@ -166,14 +166,19 @@ def live_stack(django_db_setup, django_db_blocker):
     stack.stop()
 
 
-@pytest.fixture(scope="session")
-def one_slot_stack(django_db_setup, django_db_blocker):
-    """Full mode whose network lane has one slot (a gevent pool of one): for the tests of replies that wait."""
-    from tests.live import start_stack
+@pytest.fixture
+def one_slot_stack(live_stack):
+    """Full mode whose network lane has one slot (a gevent pool of one), for one test of replies that wait; no
+    beat of its own, and the other stacks' watchdogs paused meanwhile: they share the test database and would take
+    its replies (whose heartbeats are under another key prefix) for replies whose worker died."""
+    from tests.live import full_mode_watchdogs_paused, start_stack
 
-    stack = start_stack(_test_database_url(), settings_module.REDIS_URL, concurrency=1)
-    yield stack
-    stack.stop()
+    with full_mode_watchdogs_paused():
+        stack = start_stack(_test_database_url(), settings_module.REDIS_URL, concurrency=1, beat=False)
+        try:
+            yield stack
+        finally:
+            stack.stop()
 
 
 @pytest.fixture

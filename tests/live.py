@@ -211,6 +211,7 @@ def start_stack(
     pool: str = "gevent",
     embedded: bool = False,
     web_processes: int = 2,
+    beat: bool = True,
 ) -> Stack:
     """Start chatsite's processes as the Procfile does, on a queue and key prefix of their own: the web role
     (scripts/serve_web.py: `web_processes` daphne processes on one port); the network lane's worker (`pool`,
@@ -255,6 +256,8 @@ def start_stack(
     }
     if embedded:
         stack.commands = {"web": stack.commands["web"]}
+    elif not beat:  # no watchdog of its own (see conftest's one_slot_stack)
+        del stack.commands["beat"]
     for name in stack.commands:
         stack.start(name)
 
