@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ from pipelines.prompts import branch_history, build_prompt, render_system_prompt
 from pipelines.providers.base import ChatMessage, GenerationError, Provider, ToolCall, get_provider
 from pipelines.steps import DEFAULT_SIMILARITY_THRESHOLD
 from pipelines.stops import StopScanner
+from pipelines.text_to_sql import pipeline as text_to_sql
 from pipelines.tools import ToolContext, registry, run_tool
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,11 @@ class ReplyGeneration:
     deadline: float = float("inf")
     # Set once a write was refused because the reply was ended or taken over elsewhere: nothing more is saved.
     stream_closed: bool = False
+    # The steps being run; a step may leave `after_step` to run once its `finished` event is out, which then
+    # ends the reply (classify's explanation of a non-SQL question). Text-to-SQL steps share `sql_pipeline`.
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    after_step: Callable[[], None] | None = None
+    sql_pipeline: Any = None
 
     @property
     def message_id(self) -> str:
@@ -185,6 +192,7 @@ class ReplyGeneration:
         asked_steps = (self.message.options or {}).get("steps")
         explicit = bool(asked_steps or (workflow and workflow.steps))
         steps = list(asked_steps or (workflow.steps if workflow else [])) or [{"type": "generate"}]
+        self.steps = steps
         self.system = [workflow.system_prompt] if workflow and workflow.system_prompt else []
         self.history = branch_history(self.message)
         # System messages in the branch (a client's own, through the OpenAI API) join the system prompt.
@@ -200,10 +208,16 @@ class ReplyGeneration:
                 self.check_budget()
                 if explicit:
                     self.publish(events.step_event(kind, "started", step_index))
-                detail = getattr(self, f"_step_{kind}")(step, explicit, step_index)
+                if kind in text_to_sql.RUNNERS:
+                    detail = text_to_sql.run_step(self, step)
+                else:
+                    detail = getattr(self, f"_step_{kind}")(step, explicit, step_index)
                 if explicit:
                     self.publish(events.step_event(kind, "finished", step_index, **(detail or {})))
                 self.check_cancel()
+                if self.after_step is not None:
+                    self.after_step()
+                    break
             return self._complete()
         except Cancelled:
             return self._finish_cancelled()
