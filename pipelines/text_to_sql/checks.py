@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 
 _FENCE = re.compile(r"```(?:sql|postgresql|postgres)?\s*\n?(.*?)(?:```|$)", re.IGNORECASE | re.DOTALL)
 _START = re.compile(r"\b(SELECT|WITH)\b", re.IGNORECASE)
+# A statement that is not a read, at the start of a line: kept, so that the check says what it is.
+_OTHER_START = re.compile(
+    r"^\s*(INSERT|UPDATE|DELETE|MERGE|DROP|CREATE|ALTER|TRUNCATE|GRANT|REVOKE|COPY|CALL|DO|SET|VACUUM|LOCK)\b",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 class SqlRefused(Exception):
@@ -35,15 +40,17 @@ class SqlRefused(Exception):
 
 def extract_sql(answer: str) -> str:
     """The SQL in a model's answer: the first fenced block if there is one, else the text from the first
-    SELECT or WITH; cut at the first semicolon that ends a statement. Empty when there is none."""
+    SELECT or WITH (or, when there is none, from a line starting with another statement, such as DELETE, for
+    the check to refuse by name); cut at the first semicolon that ends a statement. Empty when there is none."""
     text = answer.strip()
     fenced = _FENCE.search(text)
-    if fenced and _START.search(fenced.group(1)):
+    if fenced and (_START.search(fenced.group(1)) or _OTHER_START.search(fenced.group(1))):
         text = fenced.group(1)
-    start = _START.search(text)
-    if start is None:
+    found = [m for m in (_START.search(text), _OTHER_START.search(text)) if m is not None]
+    if not found:
         return ""
-    text = text[start.start() :]
+    start = min(found, key=lambda m: m.start(1))
+    text = text[start.start(1) :]
     # Keep one statement: the model may write prose or a second statement after a semicolon.
     try:
         tokens = sqlglot.tokenize(text, read="postgres")
