@@ -55,6 +55,11 @@ const STEP_LABELS = {
   sql: "Querying the database",
   retrieve: "Searching your documents",
   generate: "Writing the answer",
+  classify: "Understanding the question",
+  retrieve_schema: "Searching the database's tables",
+  generate_sql: "Writing SQL",
+  execute_sql: "Running the query",
+  summarize: "Summarizing the results",
 };
 const RESUME_ATTEMPTS = 5;
 // Search, pins, archive, export and import (library.js).
@@ -131,6 +136,7 @@ const SOURCE_NAMES = {
   openai: "OpenAI-compatible API",
   rag_stream: "RAG chat stream API",
   search_session: "search session API",
+  text_to_sql: "text-to-SQL API",
 };
 
 // --- Sidebar ---------------------------------------------------------------------------------------------
