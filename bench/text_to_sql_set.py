@@ -40,7 +40,10 @@ QUESTIONS: list[tuple[str, str]] = [
         "What is the total revenue of each regional manager?",
         "SELECT r.manager, SUM(s.amount) FROM sales s JOIN regions r ON r.name = s.region GROUP BY r.manager",
     ),
-    ("What is the total target of the West region?", "SELECT SUM(target_amount) FROM region_targets WHERE region = 'West'"),
+    (
+        "What is the total target of the West region?",
+        "SELECT SUM(target_amount) FROM region_targets WHERE region = 'West'",
+    ),
     (
         "What is the North region's target for March 2026?",
         "SELECT target_amount FROM region_targets WHERE region = 'North' AND month = '2026-03-01'",
@@ -60,7 +63,10 @@ QUESTIONS: list[tuple[str, str]] = [
         "How many Coffee sales were made in each region?",
         "SELECT region, COUNT(*) FROM sales WHERE product = 'Coffee' GROUP BY region",
     ),
-    ("What is the total revenue of Cocoa in the West region?", "SELECT SUM(amount) FROM sales WHERE product = 'Cocoa' AND region = 'West'"),
+    (
+        "What is the total revenue of Cocoa in the West region?",
+        "SELECT SUM(amount) FROM sales WHERE product = 'Cocoa' AND region = 'West'",
+    ),
     (
         "In which months did the South region's revenue exceed its target?",
         "WITH monthly AS (SELECT date_trunc('month', sold_on)::date AS month, SUM(amount) AS revenue FROM sales "

@@ -54,7 +54,9 @@ def analyst(rules: list[dict], model_id: str = "analyst") -> ModelConfig:
 
 
 def ask(chat: Chat, model: ModelConfig, question: str = "How much tea did we sell?", steps=None) -> Message:
-    workflow = Workflow.objects.create(owner=chat.owner, name=f"t2s {Workflow.objects.count()}", steps=steps or PIPELINE)
+    workflow = Workflow.objects.create(
+        owner=chat.owner, name=f"t2s {Workflow.objects.count()}", steps=steps or PIPELINE
+    )
     _, reply, _ = actions.do_send_message(chat.owner, chat, content=question, model=model, workflow=workflow)
     run_reply(str(reply.id))
     reply.refresh_from_db()
@@ -247,7 +249,9 @@ def test_a_query_the_database_refuses_is_repaired_with_its_error_sentence(alice_
         ("Sorry, I cannot help.", "SELECT nothing FROM sales"),
     ],
 )
-def test_refused_sql_fails_the_reply_after_one_repair_and_touches_nothing(alice_chat, demo, minilm, generated, repaired):
+def test_refused_sql_fails_the_reply_after_one_repair_and_touches_nothing(
+    alice_chat, demo, minilm, generated, repaired
+):
     model = analyst([
         {"when": REPAIR, "script": [repaired]},
         {"when": CLASSIFY, "script": ["SQL"]},

@@ -189,11 +189,15 @@ def test_ask_streams_every_state_in_order_then_finished_with_sql_summary_and_thr
 @pytest.mark.e2e
 def test_a_non_sql_question_fails_with_an_explanation_to_stream(live_stack, carol_demo, minilm):
     analyst([{"when": CLASSIFY, "script": ["OTHER"]}, {"when": EXPLAIN, "script": ["I answer ", "sales questions."]}])
-    events = stream(live_stack.base_url, carol_demo, "POST", GENERATE_URL, json={"question": "Hi!", "modelId": "analyst"})
+    events = stream(
+        live_stack.base_url, carol_demo, "POST", GENERATE_URL, json={"question": "Hi!", "modelId": "analyst"}
+    )
     assert [e["state"] for e in events] == ["UNDERSTANDING", "FAILED"]
     failed = events[-1]
     assert failed["error"]["code"] == "NON_SQL_QUERY" and failed["error"]["message"]
-    explanation = stream(live_stack.base_url, carol_demo, "GET", f"{EXPLAIN_URL}?queryId={failed['explanationQueryId']}")
+    explanation = stream(
+        live_stack.base_url, carol_demo, "GET", f"{EXPLAIN_URL}?queryId={failed['explanationQueryId']}"
+    )
     assert explanation[-1] == {"done": True}
     assert "".join(e["message"] for e in explanation[:-1]) == "I answer sales questions."
 
@@ -225,5 +229,7 @@ def test_the_whole_pipeline_on_smollm2_keeps_the_protocol(live_stack, carol_demo
     else:
         assert set(final["error"]) == {"code", "message"}
         if final["error"]["code"] == "NON_SQL_QUERY":
-            explanation = stream(live_stack.base_url, carol_demo, "GET", f"{EXPLAIN_URL}?queryId={final['explanationQueryId']}")
+            explanation = stream(
+                live_stack.base_url, carol_demo, "GET", f"{EXPLAIN_URL}?queryId={final['explanationQueryId']}"
+            )
             assert explanation[-1] == {"done": True}

@@ -120,7 +120,7 @@ def check_generated_sql(sql: str, model: SemanticModel, *, row_limit: int) -> st
         )
     except OptimizeError as exc:
         raise SqlRefused(f"The query names a column that does not exist: {str(exc).rstrip('.')}.") from None
-    except Exception:  # noqa: BLE001 - a qualifier limit is not the query's fault: the database decides
+    except Exception:
         logger.info("text-to-SQL: sqlglot could not qualify a query; the database will check its columns")
     if not _has_limit(tree):
         sql = f"{sql}\nLIMIT {int(row_limit)}"

@@ -26,6 +26,7 @@ from django.conf import settings
 from chats.models import Message
 from pipelines.connectors import ConnectorError, run_read_query
 from pipelines.providers.base import ChatMessage, GenerationError, Provider, get_provider
+from pipelines.reply_control import BudgetExceeded, active_model
 from pipelines.text_to_sql import definitions as kinds
 from pipelines.text_to_sql import prompts
 from pipelines.text_to_sql.checks import SqlRefused, check_generated_sql, extract_sql
@@ -61,15 +62,6 @@ class SqlPipeline:
     config: ModelConfig | None = None
     result: dict[str, Any] | None = None
     sql_written: bool = False
-
-
-def _model_config(model_id: str) -> ModelConfig:
-    from pipelines.models import ModelConfig
-
-    config = ModelConfig.objects.filter(model_id=model_id, is_active=True).first()
-    if config is None:
-        raise GenerationError("model_unavailable", f"The model '{model_id}' is no longer available. Pick another model.")
-    return config
 
 
 def _connector(gen: ReplyGeneration) -> Connector:
@@ -159,7 +151,7 @@ def earlier_turns(history: list[Message], turns: int) -> list[tuple[str, str]]:
 def classify(gen: ReplyGeneration, step: dict[str, Any]) -> dict[str, Any]:
     pipeline = state(gen)
     model = _semantic_model(gen, pipeline)
-    config = _model_config(step.get("model") or gen.message.model_id)
+    config = active_model(step.get("model") or gen.message.model_id)
     system = prompts.CLASSIFY.format(tables=_table_list(model))
     if step.get("instructions"):
         system += "\n\n" + step["instructions"]
@@ -249,7 +241,7 @@ def _write_sql(gen: ReplyGeneration, pipeline: SqlPipeline) -> None:
 def generate_sql(gen: ReplyGeneration, step: dict[str, Any]) -> dict[str, Any]:
     pipeline = state(gen)
     _semantic_model(gen, pipeline)
-    config = _model_config(step.get("model") or gen.message.model_id)
+    config = active_model(step.get("model") or gen.message.model_id)
     provider = get_provider(config)
     pipeline.config, pipeline.max_tokens = config, step.get("max_tokens", 256)
     pipeline.repairs_left = step.get("repair_rounds", 1)
@@ -274,8 +266,6 @@ def generate_sql(gen: ReplyGeneration, step: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(gen: ReplyGeneration, pipeline: SqlPipeline) -> dict[str, Any]:
-    from pipelines.generation import BudgetExceeded
-
     gen.check_budget()
     left_ms = max(1, int(gen.time_left() * 1000))
     try:
@@ -315,7 +305,7 @@ def execute_sql(gen: ReplyGeneration, step: dict[str, Any]) -> dict[str, Any]:
 def summarize(gen: ReplyGeneration, step: dict[str, Any]) -> dict[str, Any]:
     pipeline = state(gen)
     result = pipeline.result or {"columns": [], "rows": [], "rowCount": 0, "truncated": False}
-    config = _model_config(step.get("model") or gen.message.model_id)
+    config = active_model(step.get("model") or gen.message.model_id)
     sample = result["rows"][: step.get("sample_size", 20)]
     system = prompts.SUMMARIZE.format(language=step.get("language") or kinds.DEFAULT_LANGUAGE)
     if step.get("instructions"):

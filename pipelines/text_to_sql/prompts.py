@@ -46,7 +46,9 @@ def result_table(columns: list[str], rows: list[list[Any]], row_count: int, trun
     """A query result as the summary prompt shows it: a header and one line per row, values separated by |."""
     shown = len(rows)
     more = " or more" if truncated else ""
-    head = f"The query returned {row_count}{more} rows" + (f"; the first {shown} are shown" if shown < row_count else "")
+    head = f"The query returned {row_count}{more} rows" + (
+        f"; the first {shown} are shown" if shown < row_count else ""
+    )
     if not rows:
         return "The query returned no rows."
     lines = [head + ":", " | ".join(columns)]
