@@ -199,6 +199,7 @@ def main() -> int:
     parser.add_argument("--api-key-env", help="the environment variable holding its API key")
     parser.add_argument("--context-window", type=int, default=16384, help="the OpenAI-compatible model's context")
     parser.add_argument("--no-summary", action="store_true", help="leave out the summarize step")
+    parser.add_argument("--max-tokens", type=int, default=160, help="most tokens of each SQL the model writes")
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions (0: all 30)")
     parser.add_argument("--json", default=str(ROOT / "var" / "bench-sql.json"))
     args = parser.parse_args()
@@ -211,9 +212,9 @@ def main() -> int:
     steps = [
         {"type": "classify", "connector": "demo"},
         {"type": "retrieve_schema"},
-        {"type": "generate_sql"},
+        {"type": "generate_sql", "max_tokens": args.max_tokens},
         {"type": "execute_sql"},
-        *([] if args.no_summary else [{"type": "summarize"}]),
+        *([] if args.no_summary else [{"type": "summarize", "max_tokens": 160}]),
     ]
     from pipelines.steps import validate_steps
 
