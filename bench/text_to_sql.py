@@ -233,9 +233,12 @@ def main() -> int:
         result["gold"] = gold
         results.append(result)
         mark = "ok " if result["correct"] else ("n/s" if result["non_sql"] else (result["error"] or "bad"))
-        print(f"{number:2d}. [{mark:>12}] {result['seconds']:6.1f}s  {question}")
+        print(f"{number:2d}. [{mark:>12}] {result['seconds']:6.1f}s  {question}", flush=True)
         said = " ".join(result["sql"].split())[:150] or f"(no SQL: {result['error_message'] or 'none'})"
-        print(f"      -> {said}")
+        print(f"      -> {said}", flush=True)
+        # Kept as it goes: a long run on a slow machine leaves its figures so far.
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"partial": True, "results": results}, indent=2, default=str))
 
     right = sum(r["correct"] for r in results)
     failures = Counter(r["error"] for r in results if r["error"])

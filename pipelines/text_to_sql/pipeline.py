@@ -5,7 +5,8 @@ What each step reports in its `step` `finished` event (chats.event_schema, EVENT
 - classify: `outcome` (`sql` or `non_sql`); after a `non_sql` outcome the model's explanation streams as the
   reply's text and the reply ends there (`end`, finishReason `stop`);
 - retrieve_schema: `tables` (the names chosen, best first);
-- generate_sql: `sql` (checked, with its LIMIT), `repaired` (whether a repair round was needed);
+- generate_sql: `sql` (checked, with its LIMIT), `repaired` (whether a repair round was needed); its prompt
+  holds the schema, one worked example (a count on the best table), the thread's earlier questions and SQL;
 - execute_sql: `sql` (the statement run), `columns`, `rows` (the first `preview_rows`, JSON-safe lists),
   `rowCount` (rows returned, at most the connector's row limit), `truncated`, `repaired`;
 - summarize: `summary` (the text it streamed).
@@ -253,7 +254,14 @@ def generate_sql(gen: ReplyGeneration, step: dict[str, Any]) -> dict[str, Any]:
     system = prompts.GENERATE.format(schema=_fit_schema(provider, pipeline.tables, budget))
     if instructions:
         system += "\n\n" + "\n\n".join(instructions)
-    pipeline.history = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    # One worked example first (a count on the best table): small models then answer with SQL, not prose.
+    example = pipeline.tables[0].qualified
+    pipeline.history = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"Question: How many rows does the table {example} have?"},
+        {"role": "assistant", "content": f"```sql\nSELECT COUNT(*) AS row_count FROM {example}\n```"},
+        {"role": "user", "content": user},
+    ]
     answer = ask_model(gen, config, pipeline.history, pipeline.max_tokens)
     pipeline.sql = extract_sql(answer)
     try:
