@@ -17,7 +17,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 export CHATSITE_DEMO_CONNECTOR_URL ?= postgres://chatsite_demo_reader@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-send bench-retrieval proto clean
+.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-send bench-retrieval bench-sql proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -112,6 +112,13 @@ bench-retrieval: install-dev
 proto: install-dev
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I. --py_out=. --py_opt=init_files=false --connectrpc_out=. \
 		protocols/connect/stream.proto
+
+# Text to SQL (seed 001): execution accuracy on 30 questions over the demo sales database and each phase's time,
+# for the embedded SmolLM2 or any model: make bench-sql BENCH_SQL_ARGS="--model <modelId>" or
+# BENCH_SQL_ARGS="--openai-base-url http://host/v1 --openai-model name --api-key-env VAR" (bench/text_to_sql.py).
+BENCH_SQL_ARGS ?=
+bench-sql: install-dev
+	$(BIN)/python bench/text_to_sql.py $(BENCH_SQL_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -36,6 +36,7 @@ class Chat(models.Model):
         RAG_STREAM = "rag_stream", "RAG chat stream API (seed 002)"
         SEARCH_SESSION = "search_session", "Search session API (seed 003)"
         CONNECT_RPC = "connect_rpc", "Connect-RPC stream (seed 000)"
+        TEXT_TO_SQL = "text_to_sql", "Text-to-SQL API (seed 001)"
 
     # Which protocol started the chat: the UI labels chats that programs started through another protocol.
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.WEB)

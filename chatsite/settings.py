@@ -344,6 +344,12 @@ CHATSITE_MAX_REPLY_ATTEMPTS = env.int("CHATSITE_MAX_REPLY_ATTEMPTS", default=3)
 # CHATSITE_TASK_SOFT_TIME_LIMIT, the backstop for a step that cannot be interrupted (an answer that stalls).
 CHATSITE_REPLY_TIME_BUDGET_SECONDS = env.float("CHATSITE_REPLY_TIME_BUDGET_SECONDS", default=300.0)
 CHATSITE_REDIS_RETRY_SECONDS = env.float("CHATSITE_REDIS_RETRY_SECONDS", default=30.0)
+# Text to SQL (seed 001, pipelines.text_to_sql): the connector its steps and endpoints use when none is named (the
+# seeded demo sales database), the model its endpoints use when the request names none, and how long a
+# connector's introspected tables are kept per process before they are read again.
+CHATSITE_TEXT_TO_SQL_CONNECTOR = env.str("CHATSITE_TEXT_TO_SQL_CONNECTOR", default="demo")
+CHATSITE_TEXT_TO_SQL_MODEL = env.str("CHATSITE_TEXT_TO_SQL_MODEL", default="smollm2-135m")
+CHATSITE_TEXT_TO_SQL_SCHEMA_CACHE_SECONDS = env.float("CHATSITE_TEXT_TO_SQL_SCHEMA_CACHE_SECONDS", default=300.0)
 # Most connections each of a process's Redis pools holds (the blocking one, the asyncio one, the cache's); a
 # command waits for a free one rather than opening more, so a web process holds as many with 10 open streams as
 # with 5,000. The pub/sub connection that follows the streams comes on top.

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,34 +29,22 @@ from chats.events import EventPublisher, StreamClosed
 from chats.lifecycle import do_finish_reply
 from chats.limits import do_record_usage, quota_left
 from chats.models import Message
-from pipelines.models import Connector, ModelConfig
-from pipelines.prompts import branch_history, build_prompt, render_system_prompt, sql_context
+from pipelines.context_steps import ContextSteps
+from pipelines.prompts import branch_history, build_prompt, render_system_prompt
 from pipelines.providers.base import ChatMessage, GenerationError, Provider, ToolCall, get_provider
-from pipelines.steps import DEFAULT_SIMILARITY_THRESHOLD
+from pipelines.reply_control import BudgetExceeded, Cancelled, active_model, release_database_connection
 from pipelines.stops import StopScanner
+from pipelines.text_to_sql import pipeline as text_to_sql
 from pipelines.tools import ToolContext, registry, run_tool
 
 logger = logging.getLogger(__name__)
 
 # Tokens kept free when numbered sources are fitted into the prompt (wrapping text, the question's label).
 SOURCES_MARGIN_TOKENS = 64
-SQL_EVENT_ROWS = 20
-"""Most rows of an `sql` step's result that its `step` finished event carries (protocols preview them)."""
 CITE_INSTRUCTIONS = (
     "Answer from the numbered sources given with the question when they are relevant, and cite each source you "
     "use by its number in square brackets, like [1]. If the sources do not hold the answer, say so."
 )
-DEFAULT_REWRITE_INSTRUCTIONS = (
-    "Rewrite the user's last question as one short, self-contained question. Answer with the question only."
-)
-
-
-class Cancelled(Exception):
-    """The user stopped the reply."""
-
-
-class BudgetExceeded(Exception):
-    """The reply used up its time budget (CHATSITE_REPLY_TIME_BUDGET_SECONDS)."""
 
 
 def replace_broken_connections() -> None:
@@ -66,25 +55,8 @@ def replace_broken_connections() -> None:
         close_old_connections()
 
 
-def release_database_connection() -> None:
-    """Give this thread's (greenlet's) database connection back to the pool while the reply waits on its model:
-    a worker process carrying a thousand replies holds a connection only while one claims, reads its prompt or
-    saves, never while it streams. The next query takes one again. Nothing inside a transaction."""
-    if not connection.in_atomic_block:
-        connection.close()
-
-
-def _model(model_id: str) -> ModelConfig:
-    config = ModelConfig.objects.filter(model_id=model_id, is_active=True).first()
-    if config is None:
-        raise GenerationError(
-            "model_unavailable", f"The model '{model_id}' is no longer available. Pick another model."
-        )
-    return config
-
-
 @dataclass
-class ReplyGeneration:
+class ReplyGeneration(ContextSteps):
     """Everything that happens to one claimed reply, from its steps to its saved outcome."""
 
     message: Message
@@ -107,6 +79,11 @@ class ReplyGeneration:
     deadline: float = float("inf")
     # Set once a write was refused because the reply was ended or taken over elsewhere: nothing more is saved.
     stream_closed: bool = False
+    # The steps being run; a step may leave `after_step` to run once its `finished` event is out, which then
+    # ends the reply (classify's explanation of a non-SQL question). Text-to-SQL steps share `sql_pipeline`.
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    after_step: Callable[[], None] | None = None
+    sql_pipeline: Any = None
 
     @property
     def message_id(self) -> str:
@@ -195,6 +172,7 @@ class ReplyGeneration:
         asked_steps = (self.message.options or {}).get("steps")
         explicit = bool(asked_steps or (workflow and workflow.steps))
         steps = list(asked_steps or (workflow.steps if workflow else [])) or [{"type": "generate"}]
+        self.steps = steps
         self.system = [workflow.system_prompt] if workflow and workflow.system_prompt else []
         self.history = branch_history(self.message)
         # System messages in the branch (a client's own, through the OpenAI API) join the system prompt.
@@ -210,10 +188,16 @@ class ReplyGeneration:
                 self.check_budget()
                 if explicit:
                     self.publish(events.step_event(kind, "started", step_index))
-                detail = getattr(self, f"_step_{kind}")(step, explicit, step_index)
+                if kind in text_to_sql.RUNNERS:
+                    detail = text_to_sql.run_step(self, step)
+                else:
+                    detail = getattr(self, f"_step_{kind}")(step, explicit, step_index)
                 if explicit:
                     self.publish(events.step_event(kind, "finished", step_index, **(detail or {})))
                 self.check_cancel()
+                if self.after_step is not None:
+                    self.after_step()
+                    break
             return self._complete()
         except Cancelled:
             return self._finish_cancelled()
@@ -271,185 +255,9 @@ class ReplyGeneration:
             return self.question
         return self.history[-1].content if self.history and self.history[-1].role == Message.Role.USER else ""
 
-    def _step_rewrite_query(self, step: dict, explicit: bool, index: int) -> dict | None:
-        config = _model(step.get("model") or self.message.model_id)
-        provider = get_provider(config)
-        recent = self.history[-5:-1]
-        conversation = "\n".join(f"{m.role}: {m.content}" for m in recent if m.content)
-        prompt: list[ChatMessage] = [
-            {"role": "system", "content": step.get("instructions") or DEFAULT_REWRITE_INSTRUCTIONS},
-            {
-                "role": "user",
-                "content": (f"Conversation so far:\n{conversation}\n\n" if conversation else "")
-                + f"Question: {self._current_question()}",
-            },
-        ]
-        text: list[str] = []
-        release_database_connection()
-        stream = provider.stream_chat(prompt, max_tokens=step.get("max_tokens", 64), temperature=0.0)
-        try:
-            for delta in stream:
-                text.append(delta.text)
-                self._count(delta)
-                self.check_budget()
-        finally:
-            stream.close()
-        rewritten = " ".join("".join(text).split())
-        if rewritten:
-            self.question = rewritten
-        return {"output": self._current_question()}
-
-    def _step_sql(self, step: dict, explicit: bool, index: int) -> dict | None:
-        from pipelines.access import workflow_connectors
-        from pipelines.connectors import ConnectorError, run_read_query
-
-        workflow = self.message.workflow
-        # Checked again at every run, not only on save: grants change, and rows written before grants
-        # existed (or straight into the database) were never checked. A shared workflow (owner None, written
-        # by staff) may name any active connector; a user's, only those granted to its owner.
-        allowed = workflow_connectors(workflow.owner) if workflow is not None else Connector.objects.none()
-        connector = allowed.filter(name=step["connector"]).first()
-        if connector is None:
-            # The same words for a missing, inactive or ungranted connector.
-            raise GenerationError("connector_unavailable", f"The connector '{step['connector']}' is not available.")
-        self.check_budget()
-        # The query may run for the connector's timeout, or for what is left of the reply's time, if less.
-        left_ms = max(1, int(self.time_left() * 1000))
-        budget_limits = left_ms < connector.statement_timeout_ms
-        try:
-            result = run_read_query(
-                connector,
-                step["query"],
-                {"text": self._current_question()},
-                timeout_ms=left_ms,
-                message_id=self.message_id,
-            )
-        except ConnectorError as exc:
-            if exc.code == "sql_timeout" and budget_limits:
-                raise BudgetExceeded from exc
-            retryable = exc.code in ("sql_timeout", "connector_unavailable")
-            raise GenerationError(exc.code, exc.message, retryable=retryable) from exc
-        self.context.append(sql_context(connector.name, result))
-        return {
-            "sql": step["query"],
-            "connector": connector.name,
-            "columns": result["columns"],
-            "rows": result["rows"][:SQL_EVENT_ROWS],
-            "rowCount": result["rowCount"],
-        }
-
-    def _step_retrieve(self, step: dict, explicit: bool, index: int) -> dict | None:
-        from knowledge.embeddings import EmbeddingError
-        from knowledge.retrieval import SourceConfig, retrieve
-
-        # Steps saved through the API or the admin are normalised; rows written otherwise may lack defaults.
-        defaults = {
-            "limit": 5,
-            "similarity_threshold": DEFAULT_SIMILARITY_THRESHOLD,
-            "weight": 1.0,
-            "metadata_filters": {},
-        }
-        sources = [
-            SourceConfig(
-                collection_id=source.get("collection"),
-                **{key: source.get(key, default) for key, default in defaults.items()},
-            )
-            for source in step.get("sources") or []
-        ] or [
-            SourceConfig(
-                limit=step.get("limit", defaults["limit"]),
-                similarity_threshold=step.get("similarity_threshold", defaults["similarity_threshold"]),
-            )
-        ]
-        try:
-            found = retrieve(
-                self.message.chat.owner,
-                self._current_question(),
-                sources,
-                strategy=step.get("retrieval_strategy", "merge"),
-                max_total=step.get("max_total_results", 10),
-            )
-        except EmbeddingError as exc:
-            raise GenerationError(exc.code, exc.message, retryable=exc.retryable) from exc
-        except ValueError as exc:
-            # Only steps saved before validation reach this (a bad strategy or metadata key); the text of a
-            # ValueError is not ours to show, so it goes to the log.
-            logger.warning("reply %s: the retrieve step failed: %s", self.message_id, exc)
-            raise GenerationError(
-                "retrieval_failed", "The retrieve step's settings could not be used; its workflow needs fixing."
-            ) from exc
-        known = {r.hit.chunk_id for r in self.retrieved}
-        self.retrieved += [r for r in found if r.hit.chunk_id not in known]
-        return {"resultCount": len(found)}
-
-    def _attachments(self) -> list[str]:
-        question = self.history[-1] if self.history and self.history[-1].role == Message.Role.USER else None
-        return [str(a) for a in (question.attachments or [])] if question is not None else []
-
-    def _gather_sources(self, provider: Provider, budget: int) -> tuple[list[dict[str, Any]], list[str]]:
-        """The sources for this answer, numbered from 1, and their texts, within `budget` tokens.
-
-        Attached documents come first: whole when they fit, else their passages closest to the question;
-        then the retrieve steps' passages, in their order, while they fit.
-        """
-        from knowledge.access import visible_documents
-        from knowledge.embeddings import EmbeddingError
-        from knowledge.models import Document
-        from knowledge.retrieval import SourceConfig, retrieve
-
-        sources: list[dict[str, Any]] = []
-        texts: list[str] = []
-
-        def add(source: dict[str, Any], text: str) -> bool:
-            nonlocal budget
-            block = f"[{len(sources) + 1}] {source['title']}\n{text}"
-            cost = provider.count_tokens(block) + 2
-            if cost > budget:
-                return False
-            budget -= cost
-            sources.append({**source, "number": len(sources) + 1})
-            texts.append(block)
-            return True
-
-        owner = self.message.chat.owner
-        attached = list(
-            visible_documents(owner)
-            .filter(id__in=self._attachments(), status=Document.Status.READY)
-            .only("id", "title", "text", "collection_id")
-        )
-        for document in attached:
-            whole = {
-                "id": str(document.id),
-                "title": document.title,
-                "snippet": " ".join(document.text[:300].split()),
-                "score": 1.0,
-                "documentId": str(document.id),
-                "collectionId": str(document.collection_id),
-                "page": None,
-                "start": 0,
-                "end": len(document.text),
-            }
-            if add(whole, document.text):
-                continue
-            try:
-                passages = retrieve(
-                    owner,
-                    self._current_question(),
-                    [SourceConfig(collection_id=str(document.collection_id), limit=8, similarity_threshold=0.0)],
-                    max_total=8,
-                    document_ids=[str(document.id)],
-                )
-            except EmbeddingError as exc:
-                raise GenerationError(exc.code, exc.message, retryable=exc.retryable) from exc
-            for passage in passages:
-                add(passage.as_source(0), passage.hit.text)
-        for passage in self.retrieved:
-            add(passage.as_source(0), passage.hit.text)
-        return sources, texts
-
     def _step_generate(self, step: dict, explicit: bool, index: int) -> dict | None:
         workflow = self.message.workflow
-        config = _model(step.get("model") or self.message.model_id)
+        config = active_model(step.get("model") or self.message.model_id)
         provider = get_provider(config)
         self.last_provider = provider
         asked = self.message.options or {}

@@ -19,7 +19,9 @@ A workflow's `steps` is a list of objects, each with a `type`:
 - `generate`: the answer, streamed: optional `model`, `temperature` (0-2), `max_tokens`, `tools` (names from
   the tool registry), `max_tool_rounds` (0-10, default 3) and `tool_choice` (`auto`, `required`, or the name of
   one of its tools to force that call while tool rounds are left: some servers call tools only when forced).
-There is exactly one `generate` step and it comes last.
+There is exactly one `generate` step and it comes last, except in a text-to-SQL pipeline (seed 001): its steps
+`classify`, `retrieve_schema`, `generate_sql`, `execute_sql` and `summarize` are described, with the rule for
+their order, in `pipelines.text_to_sql.definitions`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from rest_framework import serializers
 
 from chats.fields import StrictCharField, StrictChoiceField, StrictSlugField, StrictUUIDField
+from pipelines.text_to_sql import definitions as text_to_sql
 
 MAX_STEPS = 20
 DEFAULT_SIMILARITY_THRESHOLD = 0.25
@@ -98,12 +101,13 @@ class GenerateStep(_Step):
     tool_choice = StrictCharField(max_length=100, required=False)
 
 
-STEP_SERIALIZERS: dict[str, type[_Step]] = {
+STEP_SERIALIZERS: dict[str, type[serializers.Serializer]] = {
     "system_prompt": SystemPromptStep,
     "rewrite_query": RewriteQueryStep,
     "sql": SqlStep,
     "retrieve": RetrieveStep,
     "generate": GenerateStep,
+    **text_to_sql.SERIALIZERS,
 }
 
 
@@ -144,7 +148,8 @@ def validate_steps(steps: Any, *, owner: Any = ANY_OWNER) -> list[dict[str, Any]
     Raises:
         serializers.ValidationError: a list of messages, one per problem, each naming the step
             ("Step 2 (sql): connector: ..."), for an unknown type, a bad field, an unknown model, tool or
-            connector, a read query that is not a single SELECT, or a misplaced or missing `generate` step.
+            connector, a read query that is not a single SELECT, a misplaced or missing `generate` step, or
+            text-to-SQL steps out of order (`pipelines.text_to_sql.definitions.ORDER_RULE`).
     """
     from pipelines.access import usable_models, workflow_connectors
     from pipelines.connectors import ConnectorError, check_read_query
@@ -184,22 +189,26 @@ def validate_steps(steps: Any, *, owner: Any = ANY_OWNER) -> list[dict[str, Any]
                 problem = source["collection"] and _collection_problem(source["collection"], owner)
                 if problem:
                     problems.append(f"Step {number} (retrieve): sources: {problem}")
-        if kind == "sql":
+        if kind == "sql" or (kind in text_to_sql.STEP_TYPES and data.get("connector")):
             allowed = Connector.objects.filter(is_active=True) if owner is ANY_OWNER else workflow_connectors(owner)
             connector = allowed.filter(name=data["connector"]).first()
             if connector is None:
                 # The same words whether it is missing, inactive or not granted: names are not confirmed.
                 problems.append(
-                    f"Step {number} (sql): connector: no active connector named '{data['connector']}' that this "
+                    f"Step {number} ({kind}): connector: no active connector named '{data['connector']}' that this "
                     "workflow may use."
                 )
+        if kind == "sql":
             try:
                 check_read_query(data["query"], timeout_ms=connector.statement_timeout_ms if connector else None)
             except ConnectorError as exc:
                 problems.append(f"Step {number} (sql): query: {exc.message}")
         cleaned.append(data)
     generate_at = [i for i, step in enumerate(cleaned) if step["type"] == "generate"]
-    if len(cleaned) == len(steps) and (generate_at != [len(cleaned) - 1]):
+    if len(cleaned) == len(steps) and text_to_sql.is_text_to_sql(cleaned):
+        if problem := text_to_sql.order_problem(cleaned):
+            problems.append(problem)
+    elif len(cleaned) == len(steps) and (generate_at != [len(cleaned) - 1]):
         problems.append("A workflow needs exactly one generate step, and it must be the last step.")
     if problems:
         raise serializers.ValidationError(problems)

@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from protocols import openai_api, rag_stream, search_sessions
+from protocols import openai_api, rag_stream, search_sessions, text_to_sql
 
 v1_urlpatterns = [
     path("models", openai_api.ModelsView.as_view(), name="openai-models"),
@@ -23,4 +23,7 @@ api_urlpatterns = [
         search_sessions.ChatStreamView.as_view(),
         name="seed003-chat-stream",
     ),
+    path("stream/generate_sql", text_to_sql.StreamGenerateSqlView.as_view(), name="seed001-stream-generate-sql"),
+    path("stream/ask", text_to_sql.StreamAskView.as_view(), name="seed001-stream-ask"),
+    path("stream_explanation", text_to_sql.StreamExplanationView.as_view(), name="seed001-stream-explanation"),
 ]

@@ -88,6 +88,10 @@ MATRIX = {
     # Seed 003: a workspace is the caller's own space; a pipeline is a workflow the caller may use.
     "api/v1/workspaces/<str:workspace>/search_sessions": {"GET": (200, 200, 200, 401), "POST": (201, 201, 201, 401)},
     "api/v1/workspaces/<str:workspace>/pipelines/<str:pipeline>/chat-stream": {"POST": (400, 404, 404, 401)},
+    # Seed 001 (its threads' and queries' ownership: tests/test_text_to_sql_api.py): an empty body or query.
+    "api/v1/stream/generate_sql": {"POST": (400, 400, 400, 401)},
+    "api/v1/stream/ask": {"POST": (400, 400, 400, 401)},
+    "api/v1/stream_explanation": {"GET": (400, 400, 400, 401)},
 }
 BODIES = {
     ("api/search", "GET"): {"q": "alice secret"},

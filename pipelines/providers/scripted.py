@@ -14,6 +14,10 @@ Its behaviour comes from `ModelConfig.options`:
 - `tool_rounds` (list of lists of `{"name", "arguments"}`): when tools are offered, the first calls ask for
   the first round's tool calls, the next for the second round's, and so on (counted from the tool-calling
   assistant messages after the last user message); then the script is written as usual.
+- `rules` (list of `{"when": str, "script": [str]}` or `{"when": str, "echo": true}`): the script of the first
+  rule whose `when` text is in the prompt (any message's content) replaces `script` (`echo`: the prompt, as
+  `echo_prompt` writes it), so one model can play every part of a workflow that calls
+  it several times (text to SQL's classify, generate, repair and summary calls).
 Usage counts one token per whitespace-separated word of the prompt, one per delta of the reply.
 """
 
@@ -65,6 +69,11 @@ class ScriptedProvider(Provider):
             )
             return
         script = list(options.get("script", DEFAULT_SCRIPT))
+        prompt_text = "\n".join(m.get("content") or "" for m in messages)
+        for rule in options.get("rules") or []:
+            if rule["when"] in prompt_text:
+                script = [json.dumps(messages)] if rule.get("echo") else list(rule["script"])
+                break
         if options.get("echo_prompt"):
             script = [json.dumps(messages)]
         delay = float(options.get("delay", 0))

@@ -55,6 +55,11 @@ const STEP_LABELS = {
   sql: "Querying the database",
   retrieve: "Searching your documents",
   generate: "Writing the answer",
+  classify: "Understanding the question",
+  retrieve_schema: "Searching the database's tables",
+  generate_sql: "Writing SQL",
+  execute_sql: "Running the query",
+  summarize: "Summarizing the results",
 };
 const RESUME_ATTEMPTS = 5;
 // Search, pins, archive, export and import (library.js).
@@ -132,6 +137,7 @@ const SOURCE_NAMES = {
   rag_stream: "RAG chat stream API",
   search_session: "search session API",
   connect_rpc: "Connect-RPC stream",
+  text_to_sql: "text-to-SQL API",
 };
 
 // --- Sidebar ---------------------------------------------------------------------------------------------
