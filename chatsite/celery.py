@@ -25,3 +25,7 @@ def release_database_connections(**kwargs) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+# Workers publish their lanes' slots and busy slots (`manage.py capacity`); connects its signals.
+from pipelines import capacity  # noqa: E402,F401

@@ -68,6 +68,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, before anything reads a body: a chunked body (no Content-Length) gets its length, so it is read.
     "chats.middleware.BodyLengthMiddleware",
+    # A view that meets a database outage answers 503 database_unavailable with Retry-After, not 500.
+    "chats.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -343,6 +345,13 @@ CHATSITE_REDIS_MAX_CONNECTIONS = env.int("CHATSITE_REDIS_MAX_CONNECTIONS", defau
 # bench/relay.py only: workers add `t` (their XADD time, epoch seconds) to every event.
 CHATSITE_BENCH_TIMESTAMPS = env.bool("CHATSITE_BENCH_TIMESTAMPS", default=False)
 CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+# /readyz (chatsite.health): seconds each check (database, Redis, broker) may take before it counts as failed.
+CHATSITE_READY_TIMEOUT_SECONDS = env.float("CHATSITE_READY_TIMEOUT_SECONDS", default=2.0)
+
+# Seconds between a Celery worker's reports of its lane's slots and busy slots to Redis (pipelines.capacity,
+# `manage.py capacity`); a report lives three times this long. 0 turns the reports off.
+CHATSITE_CAPACITY_SECONDS = env.float("CHATSITE_CAPACITY_SECONDS", default=2.0)
 
 CELERY_BEAT_SCHEDULE = {
     "end-lost-replies": {"task": "pipelines.watchdog", "schedule": CHATSITE_WATCHDOG_SECONDS},
