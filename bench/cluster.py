@@ -87,10 +87,11 @@ def enter_netns(name: str) -> None:
 
 
 def require_namespace() -> None:
-    """Refuse to go on in the machine's own network namespace: there the cluster's addresses are not on this
-    machine, and a connection to one would leave it (through the default route). Everything that talks to the
-    cluster runs in its client namespace (`enter_netns`, `in_netns`)."""
-    if os.stat("/proc/thread-self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino:
+    """Refuse to go on outside the cluster's namespaces: in the machine's own, the cluster's addresses are not on
+    this machine, and a connection to one would leave it (through the default route). Everything that talks to
+    the cluster runs in its client namespace (`enter_netns`, `in_netns`)."""
+    ours = {path.stat().st_ino for path in Path("/run/netns").glob("cs*-*")}
+    if os.stat("/proc/thread-self/ns/net").st_ino not in ours:
         raise RuntimeError("refusing to reach the cluster's addresses from the machine's own network namespace")
 
 

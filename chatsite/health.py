@@ -46,6 +46,7 @@ def check_database() -> None:
     connection = connections["default"]
     pool = getattr(connection, "pool", None) if connection.vendor == "postgresql" else None
     if pool is not None:
+        pool.open()  # Django opens it on first use (a no-op once open)
         with pool.connection(timeout=settings.CHATSITE_READY_TIMEOUT_SECONDS) as raw:
             raw.execute("SELECT 1").fetchone()
         return
