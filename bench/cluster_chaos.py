@@ -169,8 +169,8 @@ def open_replies(since) -> int:
 
 async def throughput(cluster: Cluster, base_url: str, replies: int, timeout: float) -> dict:
     """Send `replies` at once through nginx and time until every one has ended."""
-    cookies, token = await login(base_url)
     user_id = setup_data(cluster, cluster.tput_tokens, cluster.tput_delay)
+    cookies, token = await login(base_url)
     clients = [Client(i, "reader", chat) for i, chat in enumerate(new_chats(replies))]
     tally = Tally()
     started = time.monotonic()
@@ -228,9 +228,8 @@ async def chaos(cluster: Cluster, args: argparse.Namespace) -> dict:
     from django.utils import timezone
 
     base_url = cluster.base_url
-    setup_data(cluster, args.tokens, args.delay)
-    cookies, token = await login(base_url)
     user_id = setup_data(cluster, args.tokens, args.delay)
+    cookies, token = await login(base_url)
     clients = [Client(i, "reader", chat) for i, chat in enumerate(new_chats(args.replies))]
     tally = Tally()
     heal: dict[str, float] = {}
