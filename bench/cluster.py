@@ -234,7 +234,7 @@ class Cluster:
             "CHATSITE_WORKERS": str(self.worker_concurrency),
             "CHATSITE_DB_APPLICATION_NAME": f"chatsite-{host}-{role}",
             # A request waits this long for a database connection, then answers 503 database_unavailable.
-            "DATABASE_POOL_TIMEOUT": "5",
+            "DATABASE_POOL_TIMEOUT": "2",
             "PYTHONUNBUFFERED": "1",
             **LIFECYCLE_ENV,
             **self.extra_env,
@@ -292,10 +292,12 @@ class Cluster:
         self.pg("-w", "-t", "30", "start")
         sh(str(PG_BIN[0] / "createdb"), "-h", self.data.address, "-U", "postgres", "chatsite")
 
-    def restart_postgres(self) -> None:
-        """A fast restart (`pg_ctl restart -m fast`): every connection is closed; the server is back when it
-        returns."""
-        self.pg("-w", "-t", "60", "-m", "fast", "restart")
+    def restart_postgres(self, down_seconds: float = 0.0) -> None:
+        """Stop PostgreSQL (`pg_ctl stop -m fast`: every connection is closed), leave it down `down_seconds`
+        (connections are refused), and start it again; returns once it accepts connections."""
+        self.pg("-w", "-t", "60", "-m", "fast", "stop")
+        time.sleep(down_seconds)
+        self.pg("-w", "-t", "60", "start")
 
     def start_redis(self) -> None:
         require_namespace()

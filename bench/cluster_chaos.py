@@ -11,7 +11,7 @@ PostgreSQL and Redis, each a network namespace), then:
      is started again a few seconds later);
    - one worker host's link is cut (`ip link set ... down` at the switch) for `--link-down` seconds: its replies
      end by redelivery or the watchdog, once each;
-   - PostgreSQL restarts (`pg_ctl restart -m fast`): a probe asks `GET /api/chats` every 100 ms and counts the
+   - PostgreSQL restarts (`pg_ctl stop -m fast`, down for `--pg-down` seconds, start): a probe asks `GET /api/chats` every 100 ms and counts the
      answers (503 database_unavailable with Retry-After is the documented one);
    - Redis restarts (SHUTDOWN, start; append-only file).
    Every client reads its reply to its terminal event, resuming after a broken connection (with Last-Event-ID,
@@ -75,7 +75,8 @@ async def follow_reply(http: httpx.AsyncClient, token: str, user_id: str, client
         if time.monotonic() > deadline:
             tally.errors["gave_up_at_deadline"] += 1
             return
-        read_before = sum(len(ids) for ids in client.connections)
+        resuming_from = broke_at
+        failed: Exception | None = None
         try:
             if client.message_id is None:
                 headers = {"X-CSRFToken": token, "Idempotency-Key": key}
@@ -85,17 +86,18 @@ async def follow_reply(http: httpx.AsyncClient, token: str, user_id: str, client
                 resume = f"/api/chats/{client.chat_id}/messages/{client.message_id}/stream"
                 await read_stream(http, "GET", resume, client, headers={"Last-Event-ID": last} if last else {})
         except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            tally.interruptions[type(exc).__name__] += 1
+            failed = exc
+        if resuming_from is not None:
+            # The first event after a break: how long the client went without its stream.
+            first = next((r["t"] for r in client.reads[-1][1:] if "type" in r), None)
+            if first is not None:
+                tally.resume_seconds.append((resuming_from, first - resuming_from))
+                broke_at = None
+        if failed is not None:
+            tally.interruptions[type(failed).__name__] += 1
             broke_at = broke_at or time.time()
             await asyncio.sleep(0.1)
             continue
-        finally:
-            reads = client.reads[-1]
-            if broke_at and sum(len(ids) for ids in client.connections) > read_before:
-                first = next((r["t"] for r in reads[1:] if "type" in r), None)
-                if first:
-                    tally.resume_seconds.append((broke_at, first - broke_at))
-                    broke_at = None
         if client.status == 503:
             code = _code(client.error)
             tally.documented[f"503 {code}"] += 1
@@ -126,6 +128,21 @@ async def login(base_url: str) -> tuple[httpx.Cookies, str]:
         )
         response.raise_for_status()
         return http.cookies, response.json()["csrfToken"]
+
+
+async def db(fn, *args):
+    """Run the ORM call `fn(*args)` on a thread, then hand its connection back to the pool, whose check replaces
+    a connection that a PostgreSQL restart closed (this script's own connections live through the restart)."""
+
+    def call():
+        from django.db import connections
+
+        try:
+            return fn(*args)
+        finally:
+            connections.close_all()
+
+    return await asyncio.to_thread(call)
 
 
 def setup_data(cluster: Cluster, tokens: int, delay: float) -> str:
@@ -169,9 +186,9 @@ def open_replies(since) -> int:
 
 async def throughput(cluster: Cluster, base_url: str, replies: int, timeout: float) -> dict:
     """Send `replies` at once through nginx and time until every one has ended."""
-    user_id = setup_data(cluster, cluster.tput_tokens, cluster.tput_delay)
+    user_id = await db(setup_data, cluster, cluster.tput_tokens, cluster.tput_delay)
     cookies, token = await login(base_url)
-    clients = [Client(i, "reader", chat) for i, chat in enumerate(new_chats(replies))]
+    clients = [Client(i, "reader", chat) for i, chat in enumerate(await db(new_chats, replies))]
     tally = Tally()
     started = time.monotonic()
     limits = httpx.Limits(max_connections=replies + 10)
@@ -228,9 +245,9 @@ async def chaos(cluster: Cluster, args: argparse.Namespace) -> dict:
     from django.utils import timezone
 
     base_url = cluster.base_url
-    user_id = setup_data(cluster, args.tokens, args.delay)
+    user_id = await db(setup_data, cluster, args.tokens, args.delay)
     cookies, token = await login(base_url)
-    clients = [Client(i, "reader", chat) for i, chat in enumerate(new_chats(args.replies))]
+    clients = [Client(i, "reader", chat) for i, chat in enumerate(await db(new_chats, args.replies))]
     tally = Tally()
     heal: dict[str, float] = {}
     moments: dict[str, float] = {}
@@ -282,7 +299,7 @@ async def chaos(cluster: Cluster, args: argparse.Namespace) -> dict:
     async def replies_running_at_cut_ended() -> bool:
         from chats.models import Message
 
-        return not await asyncio.to_thread(
+        return not await db(
             lambda: Message.objects.filter(role="assistant", status="streaming", started_at__lt=cut).exists()
         )
 
@@ -297,7 +314,7 @@ async def chaos(cluster: Cluster, args: argparse.Namespace) -> dict:
     moments["postgres_restart"] = time.time()
     before = collections.Counter(probe.answers)
     restart_began = time.monotonic()
-    await asyncio.to_thread(cluster.restart_postgres)
+    await asyncio.to_thread(cluster.restart_postgres, args.pg_down)
     heal["postgres_restart_took_s"] = round(time.monotonic() - restart_began, 3)
 
     async def serving() -> bool:
@@ -322,12 +339,12 @@ async def chaos(cluster: Cluster, args: argparse.Namespace) -> dict:
     await http.aclose()
     # Replies may still be ending (the watchdog).
     settle = time.monotonic() + args.settle
-    while time.monotonic() < settle and await asyncio.to_thread(open_replies, since):
+    while time.monotonic() < settle and await db(open_replies, since):
         await asyncio.sleep(0.5)
     elapsed = time.monotonic() - started
 
     ids = [c.message_id for c in clients if c.message_id]
-    messages = await asyncio.to_thread(saved_messages, ids)
+    messages = await db(saved_messages, ids)
     statuses = [m["status"] for m in messages.values()]
     stream_redis = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
     totals, broken = await asyncio.to_thread(score, clients, stream_redis, "chatsite:stream:", messages)
@@ -375,6 +392,7 @@ def main() -> int:
     parser.add_argument("--spread", type=float, default=30, help="seconds over which the replies are sent")
     parser.add_argument("--fault-every", type=float, default=5, help="seconds between faults")
     parser.add_argument("--link-down", type=float, default=8, help="seconds a worker host's link is cut")
+    parser.add_argument("--pg-down", type=float, default=6, help="seconds PostgreSQL stays down in its restart")
     parser.add_argument("--concurrency", type=int, default=8, help="CHATSITE_WORKERS per worker host")
     parser.add_argument("--tput-replies", type=int, default=96, help="replies at once for the throughput run")
     parser.add_argument("--tput-tokens", type=int, default=20)

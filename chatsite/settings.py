@@ -337,6 +337,8 @@ CHATSITE_MAX_REPLY_ATTEMPTS = env.int("CHATSITE_MAX_REPLY_ATTEMPTS", default=3)
 # is at most that), and a reply past it ends with `error` `time_budget_exceeded`, keeping its text. Keep it below
 # CHATSITE_TASK_SOFT_TIME_LIMIT, the backstop for a step that cannot be interrupted (an answer that stalls).
 CHATSITE_REPLY_TIME_BUDGET_SECONDS = env.float("CHATSITE_REPLY_TIME_BUDGET_SECONDS", default=300.0)
+# How long a worker keeps trying a reply's final save while the database restarts (chats.lifecycle).
+CHATSITE_DB_RETRY_SECONDS = env.float("CHATSITE_DB_RETRY_SECONDS", default=15.0)
 CHATSITE_REDIS_RETRY_SECONDS = env.float("CHATSITE_REDIS_RETRY_SECONDS", default=30.0)
 # Most connections each of a process's Redis pools holds (the blocking one, the asyncio one, the cache's); a
 # command waits for a free one rather than opening more, so a web process holds as many with 10 open streams as
