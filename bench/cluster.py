@@ -504,6 +504,25 @@ http {{
     }}
     server {{
         listen {listen}:80 backlog=4096;
+        # Sending a message: when the web process dies before answering, nginx sends the POST on to another
+        # one (non_idempotent). Safe here: a send with an Idempotency-Key streams the reply the first one
+        # started, and without one a second send in the chat is refused (409 reply_in_progress), never doubled.
+        location ~ ^/api/chats/[^/]+/messages/stream$ {{
+            proxy_pass http://chatsite;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            add_header X-Chatsite-Upstream $upstream_addr always;
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 1h;
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout non_idempotent;
+            proxy_next_upstream_tries 3;
+            gzip off;
+        }}
         location / {{
             proxy_pass http://chatsite;
             proxy_http_version 1.1;

@@ -11,8 +11,9 @@ PostgreSQL and Redis, each a network namespace), then:
      is started again a few seconds later);
    - one worker host's link is cut (`ip link set ... down` at the switch) for `--link-down` seconds: its replies
      end by redelivery or the watchdog, once each;
-   - PostgreSQL restarts (`pg_ctl stop -m fast`, down for `--pg-down` seconds, start): a probe asks `GET /api/chats` every 100 ms and counts the
-     answers (503 database_unavailable with Retry-After is the documented one);
+   - PostgreSQL restarts (`pg_ctl stop -m fast`, down for `--pg-down` seconds, start): a probe asks
+     `GET /api/chats` every 100 ms and counts the answers (503 database_unavailable with Retry-After is the
+     documented one);
    - Redis restarts (SHUTDOWN, start; append-only file).
    Every client reads its reply to its terminal event, resuming after a broken connection (with Last-Event-ID,
    or the POST again with its Idempotency-Key before it knew its reply) and waiting out a 503's Retry-After.
@@ -389,7 +390,7 @@ def main() -> int:
     parser.add_argument("--replies", type=int, default=120, help="replies in the chaos run (default 120)")
     parser.add_argument("--tokens", type=int, default=50, help="deltas per chaos reply (default 50)")
     parser.add_argument("--delay", type=float, default=0.1, help="seconds between deltas (default 0.1)")
-    parser.add_argument("--spread", type=float, default=30, help="seconds over which the replies are sent")
+    parser.add_argument("--spread", type=float, default=45, help="seconds over which the replies are sent")
     parser.add_argument("--fault-every", type=float, default=5, help="seconds between faults")
     parser.add_argument("--link-down", type=float, default=8, help="seconds a worker host's link is cut")
     parser.add_argument("--pg-down", type=float, default=6, help="seconds PostgreSQL stays down in its restart")

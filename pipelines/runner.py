@@ -35,6 +35,7 @@ from chats.lifecycle import (
     do_publish_saved_terminal,
     do_reclaim_reply,
     do_requeue_reply,
+    through_database_restart,
 )
 from chats.models import Message
 from pipelines import admission
@@ -70,7 +71,9 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None, *, redel
     writer = fencing.fenced(publisher)
     held = _Held(message_id)
     try:
-        row = Message.objects.filter(id=message_id).values("status").first()
+        # A delivery that comes while the database restarts waits for it (CHATSITE_DB_RETRY_SECONDS) rather than
+        # ending a reply that nothing has started yet.
+        row = through_database_restart(lambda: Message.objects.filter(id=message_id).values("status").first())
         if row is None:
             return None
         if row["status"] == Message.Status.QUEUED:
