@@ -1,6 +1,6 @@
 """A chatsite cluster on this one machine: hosts as Linux network namespaces behind a real nginx (issue 17).
 
-    python bench/cluster.py start [--web 2] [--workers 2]   # `make cluster`: runs until Ctrl-C
+    python bench/cluster.py start [--web 2] [--workers 2] [--port 8080]   # `make cluster`: until Ctrl-C
     python bench/cluster.py stop                             # removes what a run left (a killed run, say)
 
 Every host is a network namespace of its own (and a UTS namespace, so each has its own host name), with one
@@ -8,7 +8,8 @@ veth link to a bridge that lives in a namespace of its own (the switch); address
 exists only inside these namespaces. Nothing is added to the machine's own network namespace: traffic stays on
 the bridge and on each namespace's loopback.
 
-    client   10.77.0.100   the load generator (bench/cluster_chaos.py), and `make cluster`'s way in
+    client   10.77.0.100   the load generator (bench/cluster_chaos.py), and the way in: `make cluster`
+                           forwards 127.0.0.1:8080 on this machine to nginx from here
     lb       10.77.0.10    nginx from Debian, configured like the README's production snippet
     web1..n  10.77.0.21..  the Procfile's `web` (daphne)
     worker1..n 10.77.0.31.. every other role of the Procfile but `beat` (today `worker` and `ingest`)
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -43,69 +43,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.cluster_config import NGINX_CONF, SEED, lifecycle_env
+from bench.netns import Forwarder, enter_netns, require_namespace, sh
+
 ROOT = Path(__file__).resolve().parent.parent
 STATE_FILE = ROOT / "var" / "cluster" / "state.json"
 SUBNET = "10.77.0"
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))[-1:]
-CLONE_NEWNET = 0x40000000
 HTTP_PORT = 8000
-# The short lifecycle timings of the live tests (copied from tests/live.py at import there would need Django).
-LIFECYCLE_ENV = {
-    "CHATSITE_HEARTBEAT_SECONDS": "0.5",
-    "CHATSITE_WORKER_LOST_SECONDS": "3",
-    "CHATSITE_WATCHDOG_SECONDS": "1",
-    "CHATSITE_REQUEUE_SECONDS": "5",
-    "CHATSITE_CANCEL_WAIT_SECONDS": "3",
-    "CHATSITE_TASK_SOFT_TIME_LIMIT": "60",
-    "CHATSITE_TASK_TIME_LIMIT": "90",
-    "CHATSITE_SEND_RATE": "100000/min",
-    "CHATSITE_MAX_CONCURRENT_REPLIES": "100000",
-}
-
-
-def sh(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command (no shell), raising with its stderr if it fails and `check`."""
-    result = subprocess.run(list(args), capture_output=True, text=True, **kwargs)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: exit {result.returncode}: {result.stderr.strip()[:500]}")
-    return result
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread into network namespace `name` (threads it starts later inherit it; sockets it
-    opens belong to it). Python 3.11 has no os.setns: libc's setns(2)."""
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns({name}): {os.strerror(errno)}")
-    finally:
-        os.close(fd)
-
-
-def require_namespace() -> None:
-    """Refuse to go on outside the cluster's namespaces: in the machine's own, the cluster's addresses are not on
-    this machine, and a connection to one would leave it (through the default route). Everything that talks to
-    the cluster runs in its client namespace (`enter_netns`, `in_netns`)."""
-    ours = {path.stat().st_ino for path in Path("/run/netns").glob("cs*-*")}
-    if os.stat("/proc/thread-self/ns/net").st_ino not in ours:
-        raise RuntimeError("refusing to reach the cluster's addresses from the machine's own network namespace")
-
-
-@contextlib.contextmanager
-def in_netns(name: str):
-    """The calling thread is in namespace `name` inside the block, and back in its own after it. Sockets opened
-    inside stay in `name`."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        enter_netns(name)
-        yield
-    finally:
-        _libc.setns(own, CLONE_NEWNET)
-        os.close(own)
 
 
 def procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
@@ -236,7 +183,7 @@ class Cluster:
             # A request waits this long for a database connection, then answers 503 database_unavailable.
             "DATABASE_POOL_TIMEOUT": "2",
             "PYTHONUNBUFFERED": "1",
-            **LIFECYCLE_ENV,
+            **lifecycle_env(),
             **self.extra_env,
         }
         env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
@@ -473,86 +420,13 @@ def stop_leftovers() -> None:
     remove(state)
 
 
-SEED = """
-from chats.models import User
-from pipelines.models import ModelConfig
-User.objects.create_user({username!r}, password={password!r})
-ModelConfig.objects.update_or_create(model_id={model_id!r}, defaults=dict(display_name="Scripted", provider="scripted",
-    context_window=100000, default_max_tokens=10000, options={options!r}))
-"""
-
-NGINX_CONF = """\
-# The load balancer of bench/cluster.py, as the README's deployment guide describes it.
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log warn;
-events {{ worker_connections 10000; }}
-http {{
-    access_log off;
-    client_body_temp_path {folder}/client_body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
-    client_max_body_size 25m;
-    upstream chatsite {{
-        # Passive health checks (nginx OSS has no active ones): a server that refuses a connection or times out
-        # is skipped for fail_timeout, and the request goes to the next one.
-{servers}
-        keepalive 64;
-    }}
-    server {{
-        listen {listen}:80 backlog=4096;
-        # Sending a message: when the web process dies before answering, nginx sends the POST on to another
-        # one (non_idempotent). Safe here: a send with an Idempotency-Key streams the reply the first one
-        # started, and without one a second send in the chat is refused (409 reply_in_progress), never doubled.
-        location ~ ^/api/chats/[^/]+/messages/stream$ {{
-            proxy_pass http://chatsite;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            add_header X-Chatsite-Upstream $upstream_addr always;
-            proxy_buffering off;
-            proxy_cache off;
-            proxy_read_timeout 1h;
-            proxy_connect_timeout 2s;
-            proxy_next_upstream error timeout non_idempotent;
-            proxy_next_upstream_tries 3;
-            gzip off;
-        }}
-        location / {{
-            proxy_pass http://chatsite;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            # Which web process answered (for the tests and for operators reading a client's trace).
-            add_header X-Chatsite-Upstream $upstream_addr always;
-            proxy_buffering off;          # chatsite also sends X-Accel-Buffering: no on streams
-            proxy_cache off;
-            proxy_read_timeout 1h;        # replies can stream for a while; pings keep the line alive
-            proxy_connect_timeout 2s;
-            # Only failures to reach a web process move a request on; a 503 (database_unavailable) is the
-            # answer, the same from every web process.
-            proxy_next_upstream error timeout;
-            proxy_next_upstream_tries 3;
-            gzip off;
-        }}
-    }}
-}}
-"""
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("start", "stop"))
     parser.add_argument("--web", type=int, default=2, help="web hosts (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="worker hosts (default 2)")
     parser.add_argument("--concurrency", type=int, default=4, help="CHATSITE_WORKERS per worker host")
+    parser.add_argument("--port", type=int, default=8080, help="loopback port forwarded to nginx (0: none)")
     args = parser.parse_args()
     if args.command == "stop":
         if STATE_FILE.exists():
@@ -566,21 +440,28 @@ def main() -> int:
         return 0
     cluster = Cluster(web_hosts=args.web, worker_hosts=args.workers, worker_concurrency=args.concurrency)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Listens on this machine's loopback (made before the cluster moves this thread into its client namespace).
+    forward = Forwarder(args.port) if args.port else None
     try:
         cluster.start()
         print(f"chatsite cluster {cluster.run_id} is up (logs in {cluster.tmp}):")
         print(cluster.addresses())
-        lb = cluster.hosts["lb"].ns
-        print(f"\nTry: ip netns exec {cluster.hosts['client'].ns} curl -s {cluster.base_url}/readyz")
-        print(f"     ip netns exec {lb} true  # (the load balancer's namespace)")
-        print(f"     DATABASE_URL={cluster.database_url} REDIS_URL={cluster.redis_url} "
-              f"ip netns exec {cluster.hosts['client'].ns} .venv/bin/python manage.py capacity")  # fmt: skip
-        print("Ctrl-C (or `python bench/cluster.py stop`) stops it and removes everything it made.")
+        print(cluster.manage("ensure_demo_user").strip())
+        client = cluster.hosts["client"].ns
+        if forward:
+            forward.serve((cluster.hosts["lb"].address, 80))
+            print(f"\nOpen http://127.0.0.1:{args.port}/ (forwarded to the load balancer, {cluster.base_url}).")
+        print(f"From a shell: ip netns exec {client} curl -s {cluster.base_url}/readyz")
+        print(f"Capacity:     DATABASE_URL={cluster.database_url} REDIS_URL={cluster.redis_url} "
+              f"ip netns exec {client} .venv/bin/python manage.py capacity")  # fmt: skip
+        print("Ctrl-C (or `python bench/cluster.py stop`) stops it and removes everything it made.", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        if forward:
+            forward.close()
         cluster.stop()
         print("cluster: stopped, namespaces and folders removed")
     return 0

@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.chaos import FIGURES, PASSWORD, Client, read_stream, score  # noqa: E402
-from bench.cluster import Cluster, require_namespace  # noqa: E402
+from bench.cluster import Cluster  # noqa: E402
+from bench.netns import require_namespace  # noqa: E402
 
 ACTIVE = ("queued", "streaming")
 
