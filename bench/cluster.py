@@ -128,6 +128,8 @@ class Cluster:
 
     # -- the network ---------------------------------------------------------------------------------------
     def plan(self) -> None:
+        """Name the hosts and their addresses (nothing is made yet)."""
+        self.hosts.clear()
         plan = [("client", "client", 100), ("lb", "lb", 10), ("beat", "beat", 40), ("data", "data", 50)]
         plan += [(f"web{i}", "web", 20 + i) for i in range(1, self.web_hosts + 1)]
         plan += [(f"worker{i}", "worker", 30 + i) for i in range(1, self.worker_hosts + 1)]

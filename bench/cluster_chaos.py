@@ -414,10 +414,13 @@ def main() -> int:
     figures: dict = {}
     try:
         print("cluster-chaos: starting the cluster...", flush=True)
-        cluster.start()
-        require_namespace()
+        # This script's own Django (for the ORM) is set up on the cluster's database: before anything loads the
+        # settings (starting the cluster does, for the lifecycle timings of tests/live.py).
+        cluster.plan()
         os.environ.update(DATABASE_URL=cluster.database_url, REDIS_URL=cluster.redis_url, CHATSITE_EMBEDDED="0",
                           DJANGO_SETTINGS_MODULE="chatsite.settings", DJANGO_ALLOW_ASYNC_UNSAFE="true")  # fmt: skip
+        cluster.start()
+        require_namespace()
         import django
 
         django.setup()
