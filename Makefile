@@ -42,7 +42,7 @@ node_modules/.installed: package.json package-lock.json
 
 # The browser tests drive Debian's Chromium (a browser download is impossible here).
 /usr/bin/chromium:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium
 
 # The cluster (bench/cluster.py) builds hosts as network namespaces (iproute2) behind Debian's nginx.
 /usr/sbin/nginx /usr/sbin/ip:

@@ -180,7 +180,8 @@ class Cluster:
             "CHATSITE_EMBEDDED": "0",
             "CHATSITE_HOST": self.hosts[host].address,
             "CHATSITE_PORT": str(HTTP_PORT),
-            "CHATSITE_WORKERS": str(self.worker_concurrency),
+            # The network lane's gevent slots per worker host (the Procfile's `worker`).
+            "CHATSITE_NETWORK_SLOTS": str(self.worker_concurrency),
             "CHATSITE_DB_APPLICATION_NAME": f"chatsite-{host}-{role}",
             # A request waits this long for a database connection, then answers 503 database_unavailable.
             "DATABASE_POOL_TIMEOUT": "2",
@@ -427,7 +428,7 @@ def main() -> int:
     parser.add_argument("command", choices=("start", "stop"))
     parser.add_argument("--web", type=int, default=2, help="web hosts (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="worker hosts (default 2)")
-    parser.add_argument("--concurrency", type=int, default=4, help="CHATSITE_WORKERS per worker host")
+    parser.add_argument("--concurrency", type=int, default=100, help="CHATSITE_NETWORK_SLOTS per worker host")
     parser.add_argument("--port", type=int, default=8080, help="loopback port forwarded to nginx (0: none)")
     args = parser.parse_args()
     if args.command == "stop":

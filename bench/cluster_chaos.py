@@ -395,7 +395,7 @@ def main() -> int:
     parser.add_argument("--fault-every", type=float, default=5, help="seconds between faults")
     parser.add_argument("--link-down", type=float, default=8, help="seconds a worker host's link is cut")
     parser.add_argument("--pg-down", type=float, default=6, help="seconds PostgreSQL stays down in its restart")
-    parser.add_argument("--concurrency", type=int, default=8, help="CHATSITE_WORKERS per worker host")
+    parser.add_argument("--concurrency", type=int, default=8, help="CHATSITE_NETWORK_SLOTS per worker host")
     parser.add_argument("--tput-replies", type=int, default=96, help="replies at once for the throughput run")
     parser.add_argument("--tput-tokens", type=int, default=20)
     parser.add_argument("--tput-delay", type=float, default=0.1)

@@ -8,16 +8,17 @@ import logging
 import secrets
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, F, Q, Subquery, Value, When
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
+from chats import waiting
 from chats.auth import KEY_PREFIX, hash_key
 from chats.exceptions import IdempotencyKeyReused, ReplyInProgress
 from chats.models import ApiKey, Chat, Message, User
-from pipelines.models import ModelConfig, Workflow
+from chatsite import jobs
+from pipelines.models import ModelConfig, Workflow, reply_lane
 
 logger = logging.getLogger(__name__)
 
@@ -51,29 +52,21 @@ def do_delete_chat(chat: Chat) -> None:
     chat.delete()
 
 
-def enqueue_reply(message_id: str) -> None:
-    """Send a reply to the Celery queue (in embedded mode, to the web process's thread pool); if the broker
-    is unreachable, end the reply as failed."""
-    if settings.CHATSITE_EMBEDDED:
-        from pipelines import embedded
+def enqueue_reply(message_id: str, lane: str | None = None) -> None:
+    """Hand the reply `message_id` to a worker of its lane (`Message.lane`, read when `lane` is not given) through
+    the jobs interface (`chatsite.jobs`: Celery, or embedded mode's threads); tell its readers if it must wait
+    for a slot (`chats.waiting.announce`). A job queue that cannot be reached ends the reply as failed."""
+    if lane is None:
+        lane = Message.objects.filter(id=message_id).values_list("lane", flat=True).first() or jobs.NETWORK
+    jobs.submit("reply", message_id, lane=lane)
+    waiting.announce(message_id, lane)
 
-        embedded.submit(message_id)
-        return
-    # Imported here: pipelines.tasks imports the runner, which imports these actions.
-    from pipelines.tasks import generate_reply
 
-    try:
-        generate_reply.delay(message_id)
-    except Exception:
-        # The broker is down: fail the reply now rather than leave it queued forever.
-        logger.exception("could not enqueue reply %s", message_id)
-        from pipelines.runner import fail_unstarted_reply
-
-        fail_unstarted_reply(
-            message_id,
-            code="queue_unavailable",
-            message="The reply could not be queued: the job queue is unreachable. Try again shortly.",
-        )
+def enqueue_on_commit(*replies: Message) -> None:
+    """Enqueue `replies` (just created in the caller's transaction) once it commits: a worker always finds the
+    rows, and nothing is published for a row that might roll back."""
+    queued = [(str(reply.id), reply.lane) for reply in replies]
+    transaction.on_commit(lambda: [enqueue_reply(reply_id, lane) for reply_id, lane in queued])
 
 
 def running_reply(chat: Chat) -> Message | None:
@@ -161,19 +154,28 @@ def do_send_message(
             attachments=attachments or [],
             created_at=now,
         )
-        reply = new_reply(chat, question, model, workflow, now, idempotency_key)
-        reply.options = options or {}
+        reply = new_reply(chat, question, model, workflow, now, idempotency_key, options)
         Message.objects.bulk_create([question, reply])
-        _enqueue_on_commit(reply)
+        enqueue_on_commit(reply)
     chat.model_id, chat.updated_at, chat.title = model.model_id, now, chat.title or title
     return question, reply, True
 
 
 def new_reply(
-    chat: Chat, question: Message, model: ModelConfig, workflow: Workflow | None, after, idempotency_key: str = ""
+    chat: Chat,
+    question: Message,
+    model: ModelConfig,
+    workflow: Workflow | None,
+    after,
+    idempotency_key: str = "",
+    options: dict | None = None,
 ) -> Message:
-    """An unsaved `queued` reply to `question`, created one microsecond `after` (a datetime) it."""
+    """An unsaved `queued` reply to `question`, created one microsecond `after` (a datetime) it, with the
+    generation `options` a client asked for (`Message.options`), in the lane its models need."""
+    steps = (options or {}).get("steps") or (workflow.steps if workflow else None)
     return Message(
+        lane=reply_lane(model, steps),
+        options=options or {},
         chat=chat,
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
@@ -184,11 +186,6 @@ def new_reply(
         # One microsecond later, so that ordering by time never puts the reply before its question.
         created_at=after + timedelta(microseconds=1),
     )
-
-
-def _enqueue_on_commit(reply: Message) -> None:
-    reply_id = str(reply.id)
-    transaction.on_commit(lambda: enqueue_reply(reply_id))
 
 
 def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, workflow: Workflow | None) -> Message:
@@ -210,7 +207,7 @@ def do_regenerate_reply(chat: Chat, message: Message, *, model: ModelConfig, wor
             raise ReplyInProgress(running.id)
         reply = new_reply(chat, question, model, workflow, timezone.now())
         reply.save(force_insert=True)
-        _enqueue_on_commit(reply)
+        enqueue_on_commit(reply)
         do_update_chat(chat, model_id=model.model_id)
     return reply
 

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.exceptions import NotFound, ValidationError
 
-from chats.actions import enqueue_reply, new_reply, running_reply
+from chats.actions import enqueue_on_commit, new_reply, running_reply
 from chats.exceptions import ReplyInProgress
 from chats.models import Chat, Message
 from pipelines.models import ModelConfig, Workflow
@@ -119,7 +119,6 @@ def do_edit_message(
         )
         reply = new_reply(chat, question, model, workflow, now)
         Message.objects.bulk_create([question, reply])
-        reply_id = str(reply.id)
-        transaction.on_commit(lambda: enqueue_reply(reply_id))
+        enqueue_on_commit(reply)
         Chat.objects.filter(pk=chat.pk).update(model_id=model.model_id, updated_at=now)
     return question, reply

@@ -94,6 +94,11 @@ class EventBus(ABC):
         Returns whether the flag was set.
         """
 
+    def set_flags(self, keys: list[str], value: str, seconds: float) -> None:
+        """Set each flag of `keys` to `value`, disappearing after `seconds` (one round trip where the bus can)."""
+        for key in keys:
+            self.set_flag(key, value, seconds)
+
     @abstractmethod
     def flag(self, key: str) -> str | None:
         """The flag's value, or None when it is not set (or has expired)."""
@@ -212,6 +217,12 @@ class RedisBus(EventBus):
 
     def set_flag(self, key, value, seconds, *, only_if_absent=False):
         return bool(self.client.set(key, value, px=max(1, int(seconds * 1000)), nx=only_if_absent))
+
+    def set_flags(self, keys, value, seconds):
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, value, px=max(1, int(seconds * 1000)))
+        pipe.execute()
 
     def flag(self, key):
         return self.client.get(key)

@@ -14,7 +14,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from rest_framework import serializers
 
-from chats.actions import TITLE_FROM_MESSAGE_CHARS, enqueue_reply, new_reply, running_and_newest
+from chats.actions import TITLE_FROM_MESSAGE_CHARS, enqueue_on_commit, new_reply, running_and_newest
 from chats.exceptions import ReplyInProgress
 from chats.fields import StrictCharField, StrictUUIDField
 from chats.models import Chat, Message, User
@@ -129,6 +129,5 @@ def do_compare(
             # Each a microsecond apart, so that the siblings' order (oldest first) is the targets' order.
             replies.append(new_reply(chat, question, model, workflow, now + index * timedelta(microseconds=1)))
         Message.objects.bulk_create([question, *replies])
-        reply_ids = [str(r.id) for r in replies]
-        transaction.on_commit(lambda: [enqueue_reply(reply_id) for reply_id in reply_ids])
+        enqueue_on_commit(*replies)
     return question, replies

@@ -305,38 +305,72 @@ async def heartbeat_alive_async(message_id: str) -> bool:
     return await bus().aflag(heartbeat_key(message_id)) is not None
 
 
+class _Beater:
+    """One thread per process that keeps every running reply's heartbeat key alive, all in one round trip per
+    interval: a worker carrying a thousand replies beats a thousand keys with one pipelined write, not a
+    thousand threads (or greenlets) each waking on its own."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, key: str) -> None:
+        with self.lock:
+            self.keys[key] = self.keys.get(key, 0) + 1
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+                self.thread.start()
+
+    def remove(self, key: str) -> None:
+        with self.lock:
+            left = self.keys.get(key, 1) - 1
+            if left > 0:
+                self.keys[key] = left
+            else:
+                self.keys.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            interval = settings.CHATSITE_HEARTBEAT_SECONDS
+            time.sleep(interval)
+            with self.lock:
+                keys = list(self.keys)
+            if not keys:
+                continue
+            try:
+                bus().set_flags(keys, _worker_name(), interval * 3)
+            except redis.RedisError:
+                logger.warning("heartbeats of %d replies could not reach Redis", len(keys))
+
+
+_beater = _Beater()
+
+
+def _worker_name() -> str:
+    # The value says who generates the reply (`host:pid`), for operators and tests.
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Heartbeat:
-    """Keeps `heartbeat_key(message_id)` alive from a background thread while a reply is generated.
+    """Keeps `heartbeat_key(message_id)` alive while a reply is generated (a context manager).
 
     The key expires `3 * CHATSITE_HEARTBEAT_SECONDS` after the last beat, so a worker that dies (even by
-    SIGKILL) is noticed within that time. Use as a context manager.
+    SIGKILL) is noticed within that time. The beats of all the process's replies are written together by one
+    background thread (`_Beater`).
     """
 
     def __init__(self, message_id: str) -> None:
         self.key = heartbeat_key(message_id)
         self.interval = settings.CHATSITE_HEARTBEAT_SECONDS
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{message_id}", daemon=True)
-
-    def _beat(self) -> None:
-        # The value says who generates the reply (`host:pid`), for operators and tests.
-        bus().set_flag(self.key, f"{socket.gethostname()}:{os.getpid()}", self.interval * 3)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self._beat()
-            except redis.RedisError:
-                logger.warning("heartbeat %s could not reach Redis", self.key)
 
     def __enter__(self) -> Heartbeat:
-        self._beat()
-        self._thread.start()
+        bus().set_flag(self.key, _worker_name(), self.interval * 3)
+        _beater.add(self.key)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        _beater.remove(self.key)
         try:
             bus().delete(self.key)
         except redis.RedisError:

@@ -27,6 +27,35 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
+def start_event_for(message: Message) -> events.Event:
+    """The `start` event of the reply `message`."""
+    return events.start_event(
+        message_id=str(message.id),
+        chat_id=str(message.chat_id),
+        user_message_id=str(message.parent_id) if message.parent_id else None,
+        model=message.model_id,
+        workflow_id=str(message.workflow_id) if message.workflow_id else None,
+    )
+
+
+def fail_unstarted_reply(
+    message_id: str, *, code: str = "queue_unavailable", message: str = "", retryable: bool = True
+) -> None:
+    """End a reply that never reached a worker (still `queued`) with an `error` event: by default
+    `queue_unavailable`, the jobs interface's answer when the job queue cannot be reached.
+
+    Publishing is best effort: the saved `failed` status is what resuming clients will read.
+    """
+    text = message or "The reply could not be queued: the job queue is unreachable. Try again shortly."
+    error = {"code": code, "message": text, "retryable": retryable}
+    try:
+        do_end_reply_from_stream(
+            message_id, status=Message.Status.FAILED, error=error, from_statuses=(Message.Status.QUEUED,)
+        )
+    except redis.RedisError:
+        logger.exception("could not publish the error event of reply %s", message_id)
+
+
 def do_claim_reply(message_id: str) -> Message | None:
     """Move a reply from `queued` to `streaming`, exactly once per attempt, and count the attempt.
 
@@ -208,8 +237,6 @@ def do_end_reply_from_stream(
     logger.info("reply %s: %s (%s), ended from its stream", message_id, status, reason)
     message = Message.objects.get(id=message_id)
     if not stream.started:
-        from pipelines.runner import start_event_for
-
         fencing.publish_before_terminal(message_id, start_event_for(message))
     if error is not None:
         terminal = events.error_event(code=error["code"], message=error["message"], retryable=error["retryable"])

@@ -109,6 +109,9 @@ class Message(models.Model):
     # died): at most CHATSITE_MAX_REPLY_ATTEMPTS. It is also the fencing token of its current worker: a worker
     # whose attempt is no longer the newest may not write to the reply's stream or save it.
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The worker lane a reply runs in (chatsite.jobs): `network` for remote models, `local` for models this
+    # server runs (CPU-bound). Set when the reply is created; it decides its queue and its place in line.
+    lane = models.CharField(max_length=16, default="network")
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -120,6 +123,7 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["chat", "created_at"]),
             models.Index(fields=["status"]),
+            models.Index(fields=["lane", "status", "created_at"], name="message_lane_line"),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -186,7 +186,7 @@ def replay_from_database(message: Message) -> list[tuple[str, events.Event]]:
     """A finished reply as events, for when its Redis Stream has expired: `start` (id `0-1`), the whole text
     as one `content` event (`0-2`) and the terminal event (`0-3`). A reply with sources has its `sources`
     event first after `start`, and the ids are then `0-1` start, `0-2` sources, `0-3` text, `0-4` terminal."""
-    from pipelines.runner import start_event_for
+    from chats.lifecycle import start_event_for
 
     body: list[events.Event | None] = [events.sources_event(message.sources)] if message.sources else []
     body.append(events.content_event(message.content) if message.content else None)

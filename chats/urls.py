@@ -5,7 +5,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from chats import api, branches_api, library_api, share_api
 from knowledge import api as knowledge_api
-from pipelines import api as pipelines_api
 
 urlpatterns = [
     path("auth/csrf", api.CsrfView.as_view(), name="api-csrf"),
@@ -54,8 +53,6 @@ urlpatterns = [
     ),
     # Models side by side (issue 18): one question, 2 to 4 sibling replies.
     path("chats/<str:chat_id>/messages/compare", branches_api.CompareView.as_view(), name="api-messages-compare"),
-    path("workflows", pipelines_api.WorkflowListView.as_view(), name="api-workflows"),
-    path("workflows/<str:workflow_id>", pipelines_api.WorkflowDetailView.as_view(), name="api-workflow"),
     path("embedding-models", knowledge_api.EmbeddingModelListView.as_view(), name="api-embedding-models"),
     path("collections", knowledge_api.CollectionListView.as_view(), name="api-collections"),
     path("collections/<str:collection_id>", knowledge_api.CollectionDetailView.as_view(), name="api-collection"),

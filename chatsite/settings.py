@@ -234,6 +234,13 @@ CELERY_TASK_DEFAULT_QUEUE = env.str("CHATSITE_CELERY_QUEUE", default="chatsite")
 # holds up replies.
 CHATSITE_INGEST_QUEUE = env.str("CHATSITE_INGEST_QUEUE", default="chatsite-ingest")
 CELERY_TASK_ROUTES = {"knowledge.ingest_document": {"queue": CHATSITE_INGEST_QUEUE}}
+# Replies on a local model (llama_cpp) are CPU-bound: they have a queue of their own (the `local` lane, chatsite.jobs)
+# served by CHATSITE_LOCAL_WORKERS prefork processes (the Procfile's `local`), one loaded model in each. Replies
+# on remote models wait on the network: the `network` lane's worker (the Procfile's `worker`) carries
+# CHATSITE_NETWORK_SLOTS of them at once in one process, on Celery's gevent pool.
+CHATSITE_LOCAL_QUEUE = env.str("CHATSITE_LOCAL_QUEUE", default="chatsite-local")
+CHATSITE_LOCAL_WORKERS = env.int("CHATSITE_LOCAL_WORKERS", default=1)
+CHATSITE_NETWORK_SLOTS = env.int("CHATSITE_NETWORK_SLOTS", default=1000)
 # Seconds one document's ingestion may take (a long PDF on a CPU takes minutes), apart from the replies' limits.
 CHATSITE_INGEST_TIME_LIMIT = env.int("CHATSITE_INGEST_TIME_LIMIT", default=1800)
 CELERY_TASK_SERIALIZER = "json"
@@ -351,10 +358,6 @@ CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS = 200
 # /readyz (chatsite.health): seconds each check (database, Redis, broker) may take before it counts as failed.
 CHATSITE_READY_TIMEOUT_SECONDS = env.float("CHATSITE_READY_TIMEOUT_SECONDS", default=2.0)
 
-# Seconds between a Celery worker's reports of its lane's slots and busy slots to Redis (pipelines.capacity,
-# `manage.py capacity`); a report lives three times this long. 0 turns the reports off.
-CHATSITE_CAPACITY_SECONDS = env.float("CHATSITE_CAPACITY_SECONDS", default=2.0)
-
 CELERY_BEAT_SCHEDULE = {
     "end-lost-replies": {"task": "pipelines.watchdog", "schedule": CHATSITE_WATCHDOG_SECONDS},
 }
@@ -381,8 +384,9 @@ def _embedded_mode() -> tuple[bool, str]:
 
 
 CHATSITE_EMBEDDED, CHATSITE_MODE_REASON = _embedded_mode()
-# Embedded mode: replies are generated on this many threads of the web process.
-CHATSITE_EMBEDDED_WORKERS = env.int("CHATSITE_EMBEDDED_WORKERS", default=2)
+# Embedded mode: replies on remote models are generated on this many threads of the web process (the `network`
+# lane); replies on local models on CHATSITE_LOCAL_WORKERS threads (the `local` lane).
+CHATSITE_EMBEDDED_WORKERS = env.int("CHATSITE_EMBEDDED_WORKERS", default=16)
 
 
 def _cache_retry() -> dict:

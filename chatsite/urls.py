@@ -33,6 +33,7 @@ urlpatterns = [
     path("s/<str:token>", share_views.share_page, name="share-page"),  # share links (issue 18)
     path("admin/", admin.site.urls),
     path("api/", include("chats.urls")),
+    path("api/", include("pipelines.urls")),
     path("v1/", include(protocol_urls.v1_urlpatterns)),
     path("api/v1/", include(protocol_urls.api_urlpatterns)),
 ]

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from chats.models import User
+from chatsite import jobs
 from knowledge.chunking import Piece
 from knowledge.models import Chunk, Collection, Document, EmbeddingModel
 
@@ -61,28 +62,14 @@ def do_delete_collection(collection: Collection) -> None:
 
 
 def enqueue_ingestion(document_id: str) -> None:
-    """Send a document to the Celery queue (embedded mode: the web process's thread pool); if the broker is
-    unreachable, mark the document failed so that it is not left queued for ever."""
-    if settings.CHATSITE_EMBEDDED:
-        from pipelines import embedded
-
-        embedded.submit_job("ingest", _ingest_now, document_id)
-        return
-    from knowledge.tasks import ingest_document
-
-    try:
-        ingest_document.delay(document_id)
-    except Exception:
-        logger.exception("could not enqueue document %s", document_id)
-        do_fail_ingestion(
-            document_id, "The document could not be queued: the job queue is unreachable. Upload it again."
-        )
+    """Hand a document to the ingest lane (chatsite.jobs: Celery's ingest queue, or embedded mode's job thread);
+    if the job queue is unreachable the document is marked failed (`fail_unqueued_ingestion`), not left queued."""
+    jobs.submit("ingest", document_id, lane=jobs.INGEST)
 
 
-def _ingest_now(document_id: str) -> None:
-    from knowledge.ingest import run_ingestion
-
-    run_ingestion(document_id)
+def fail_unqueued_ingestion(document_id: str) -> None:
+    """Mark a document that could not be queued as failed, so that it is not left queued for ever."""
+    do_fail_ingestion(document_id, "The document could not be queued: the job queue is unreachable. Upload it again.")
 
 
 def do_upload_document(

@@ -33,8 +33,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count
 
-from chats import events, fencing
+from chats import events, waiting
 from chats.models import Message
+from chatsite import jobs
 
 logger = logging.getLogger(__name__)
 
@@ -142,32 +143,16 @@ def defer(message_id: str, position: int | None) -> None:
     """Tell the readers of the passed-over reply `message_id` that it waits (when `position` is known), and queue
     it again at the back.
 
-    Writes `start` (when the stream is still empty) and `queued` as the admission's writer for a reply still
-    waiting (`chats.fencing.waiting_token`), so nothing is written once a worker has claimed it or it ended.
-    Publishing is best effort; queueing it again is not.
+    Publishes through `chats.waiting.publish_queued` (as the reply's waiting writer, so nothing is written once a
+    worker has claimed it or it ended). Publishing is best effort; queueing it again is not.
     """
-    from chats.actions import enqueue_reply
-    from pipelines.runner import start_event_for
-
     message = Message.objects.filter(id=message_id, status=Message.Status.QUEUED).first()
     if message is None:
         return  # claimed or ended meanwhile: its own delivery, or its end, took care of it
-    if position is None:
-        enqueue_reply(message_id)
-        return
-    try:
-        fence = (fencing.fence_key(message_id), fencing.waiting_token(message.attempts))
-        key = events.stream_key(message_id)
-        start = start_event_for(message)
-        # The start's id is the reply's creation time: refused if the stream holds anything already.
-        start_id = f"{int(message.created_at.timestamp() * 1000)}-0"
-        maxlen = settings.CHATSITE_STREAM_MAXLEN
-        bus = events.bus()
-        bus.append(key, {"type": start["type"], "data": events.encode(start)}, entry_id=start_id, maxlen=maxlen,
-                   fence=fence)  # fmt: skip
-        event = events.queued_event(position)
-        bus.append(key, {"type": event["type"], "data": events.encode(event)}, maxlen=maxlen, fence=fence)
-    except Exception:
-        logger.warning("admission: could not publish the queued event of reply %s", message_id, exc_info=True)
-    logger.info("reply %s: waits behind other users' replies (position %s); queued again", message_id, position)
-    enqueue_reply(message_id)
+    if position is not None:
+        try:
+            waiting.publish_queued(message, position)
+        except Exception:
+            logger.warning("admission: could not publish the queued event of reply %s", message_id, exc_info=True)
+        logger.info("reply %s: waits behind other users' replies (position %s); queued again", message_id, position)
+    jobs.submit("reply", message_id, lane=message.lane)

@@ -64,6 +64,14 @@ def replace_broken_connections() -> None:
         close_old_connections()
 
 
+def release_database_connection() -> None:
+    """Give this thread's (greenlet's) database connection back to the pool while the reply waits on its model:
+    a worker process carrying a thousand replies holds a connection only while one claims, reads its prompt or
+    saves, never while it streams. The next query takes one again. Nothing inside a transaction."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 def _model(model_id: str) -> ModelConfig:
     config = ModelConfig.objects.filter(model_id=model_id, is_active=True).first()
     if config is None:
@@ -275,6 +283,7 @@ class ReplyGeneration:
             },
         ]
         text: list[str] = []
+        release_database_connection()
         stream = provider.stream_chat(prompt, max_tokens=step.get("max_tokens", 64), temperature=0.0)
         try:
             for delta in stream:
@@ -508,6 +517,7 @@ class ReplyGeneration:
         tool_choice: str | dict | None = None,
     ) -> list[ToolCall]:
         calls: list[ToolCall] = []
+        release_database_connection()
         stream = provider.stream_chat(
             prompt, max_tokens=max_tokens, temperature=temperature, tools=tools, tool_choice=tool_choice
         )

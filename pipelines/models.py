@@ -59,6 +59,28 @@ class ModelConfig(models.Model):
     def __str__(self) -> str:
         return f"{self.display_name} ({self.model_id})"
 
+    @property
+    def lane(self) -> str:
+        """The worker lane its replies run in (chatsite.jobs): `local` for a model this server runs itself
+        (CPU-bound, one loaded model per process), `network` for one it reaches over the network."""
+        return "local" if self.provider in LOCAL_PROVIDERS else "network"
+
+
+# Providers that generate in the worker's own process (CPU-bound): their replies go to the `local` lane.
+LOCAL_PROVIDERS = frozenset({ModelConfig.Provider.LLAMA_CPP})
+
+
+def reply_lane(model: ModelConfig, steps: list | None) -> str:
+    """The lane of a reply on `model` whose workflow runs `steps` (the client's or the workflow's; a step may
+    name a model of its own): `local` if any of those models is local, else `network`. Reads the database only
+    when a step names a model other than `model`."""
+    if model.lane == "local":
+        return "local"
+    others = {s.get("model") for s in steps or () if isinstance(s, dict) and s.get("model")} - {model.model_id}
+    if others and ModelConfig.objects.filter(model_id__in=others, provider__in=LOCAL_PROVIDERS).exists():
+        return "local"
+    return "network"
+
 
 class Workflow(models.Model):
     """How a reply is produced: for now a system prompt and generation defaults; typed steps come later.

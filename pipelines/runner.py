@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from chats import events, fencing
+from chats import events, fencing, waiting
 from chats.actions import enqueue_reply
 from chats.events import EventPublisher, Heartbeat, StreamClosed
 from chats.lifecycle import (
@@ -35,14 +36,24 @@ from chats.lifecycle import (
     do_publish_saved_terminal,
     do_reclaim_reply,
     do_requeue_reply,
+    fail_unstarted_reply,
+    start_event_for,
     through_database_restart,
 )
 from chats.models import Message
-from pipelines import admission
+from chatsite import jobs
+from pipelines import admission, slots
 from pipelines.generation import ReplyGeneration, replace_broken_connections
 from pipelines.prompts import branch_history, build_prompt
 
-__all__ = ["branch_history", "build_prompt", "end_lost_replies", "fail_unstarted_reply", "run_reply"]
+__all__ = [
+    "branch_history",
+    "build_prompt",
+    "end_lost_replies",
+    "fail_unstarted_reply",
+    "run_reply",
+    "start_event_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +81,17 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None, *, redel
     publisher = publisher or EventPublisher()
     writer = fencing.fenced(publisher)
     held = _Held(message_id)
+    lane = jobs.NETWORK
     try:
         # A delivery that comes while the database restarts waits for it (CHATSITE_DB_RETRY_SECONDS) rather than
         # ending a reply that nothing has started yet.
-        row = through_database_restart(lambda: Message.objects.filter(id=message_id).values("status").first())
+        row = through_database_restart(lambda: Message.objects.filter(id=message_id).values("status", "lane").first())
         if row is None:
             return None
+        lane = row["lane"]
+        slots.take(lane)
         if row["status"] == Message.Status.QUEUED:
-            message, start_published = _claim_for_slot(message_id, publisher, held)
+            message, start_published = _claim_for_slot(message_id, publisher, held, lane)
         elif row["status"] == Message.Status.STREAMING:
             message, start_published = take_over_reply(message_id, publisher, redelivered=redelivered, held=held)
         else:
@@ -99,6 +113,15 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None, *, redel
     except Exception:
         logger.exception("reply %s: the worker failed", held.message_id)
         return end_crashed_reply(held.message_id, held.attempt)
+    finally:
+        slots.give_back(lane)
+
+
+def run_reply_here(message_id: str) -> str | None:
+    """`run_reply` for embedded mode's threads (`chatsite.jobs`): never a redelivery, since a thread that dies
+    takes the whole process with it. The same rules as a Celery worker's hold (attempts, time budget,
+    admission, an exception ending its reply at once): they live in run_reply."""
+    return run_reply(message_id, redelivered=False)
 
 
 @dataclass
@@ -112,10 +135,15 @@ class _Held:
         self.message_id, self.attempt = str(message.id), message.attempts
 
 
-def _claim_for_slot(message_id: str, publisher: EventPublisher, held: _Held) -> tuple[Message | None, bool]:
+def _claim_for_slot(message_id: str, publisher: EventPublisher, held: _Held, lane: str) -> tuple[Message | None, bool]:
     """Claim the reply the admission gives this slot to (`message_id`, or another user's); queue `message_id`
-    again behind it if it was passed over. Returns `(message, start_published)`, or `(None, False)`."""
-    choice = admission.choose(message_id)
+    again behind it if it was passed over. Returns `(message, start_published)`, or `(None, False)`.
+
+    While this process has slots to spare, nobody waits for them (the queue would hand any waiting reply to this
+    process at once), so the reply runs without the admission's queries; once it is full, the admission decides
+    and the replies still waiting in the lane hear their new place."""
+    full = slots.full(lane)
+    choice = admission.choose(message_id) if full else admission.Choice(message_id)
     message = do_claim_reply(choice.run) if choice.run != message_id else None
     if message is not None:
         held.claimed(message)
@@ -130,6 +158,8 @@ def _claim_for_slot(message_id: str, publisher: EventPublisher, held: _Held) -> 
         return None, False
     held.claimed(message)
     admission.note_started(message.chat.owner_id)
+    if full:
+        waiting.update_positions(lane)
     logger.info("reply %s: claimed (attempt %d)", message.id, message.attempts)
     # A reply that waited (admission) or was queued again (its worker died before any text) may have a `start`.
     stream = events.snapshot(str(message.id))
@@ -239,32 +269,26 @@ def _generate(message: Message, publisher: EventPublisher, start_published: bool
             publisher.publish(message_id, start_event_for(message))
     except StreamClosed:
         return None
-    return ReplyGeneration(message, publisher).run()
+    generation = ReplyGeneration(message, publisher)
+    if not _on_greenlet():
+        return generation.run()
+    import gevent
+
+    # Celery's gevent pool enforces only the hard time limit (by killing the greenlet); the soft one, which ends
+    # the reply with `timeout` and keeps its text, is raised here as prefork's signal would raise it.
+    with gevent.Timeout(settings.CELERY_TASK_SOFT_TIME_LIMIT, SoftTimeLimitExceeded()):
+        return generation.run()
 
 
-def start_event_for(message: Message) -> events.Event:
-    """The `start` event of a reply."""
-    return events.start_event(
-        message_id=str(message.id),
-        chat_id=str(message.chat_id),
-        user_message_id=str(message.parent_id) if message.parent_id else None,
-        model=message.model_id,
-        workflow_id=str(message.workflow_id) if message.workflow_id else None,
-    )
+def _on_greenlet() -> bool:
+    """Whether this process runs on gevent (the network lane's pool patches the standard library at start)."""
+    import sys
 
+    if "gevent.monkey" not in sys.modules:
+        return False
+    from gevent import monkey
 
-def fail_unstarted_reply(message_id: str, *, code: str, message: str, retryable: bool = True) -> None:
-    """End a reply that never reached a worker (still `queued`) with an `error` event.
-
-    Publishing is best effort: the saved `failed` status is what resuming clients will read.
-    """
-    error = {"code": code, "message": message, "retryable": retryable}
-    try:
-        do_end_reply_from_stream(
-            message_id, status=Message.Status.FAILED, error=error, from_statuses=(Message.Status.QUEUED,)
-        )
-    except redis.RedisError:
-        logger.exception("could not publish the error event of reply %s", message_id)
+    return monkey.is_module_patched("socket")
 
 
 def end_lost_replies() -> int:

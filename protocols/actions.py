@@ -8,7 +8,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from chats.actions import TITLE_FROM_MESSAGE_CHARS, enqueue_reply, new_reply
+from chats.actions import TITLE_FROM_MESSAGE_CHARS, enqueue_on_commit, new_reply
 from chats.models import Chat, Message, User
 from pipelines.models import ModelConfig, Workflow
 
@@ -68,10 +68,8 @@ def do_start_conversation(
                 created_at=now + timedelta(microseconds=number),
             )
             rows.append(parent)
-        reply = new_reply(chat, parent, model, workflow, parent.created_at)
-        reply.options = options
+        reply = new_reply(chat, parent, model, workflow, parent.created_at, options=options)
         rows.append(reply)
         Message.objects.bulk_create(rows)
-        reply_id = str(reply.id)
-        transaction.on_commit(lambda: enqueue_reply(reply_id))
+        enqueue_on_commit(reply)
     return chat, reply

@@ -167,6 +167,26 @@ def live_stack(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(scope="session")
+def one_slot_stack(django_db_setup, django_db_blocker):
+    """Full mode whose network lane has one slot (a gevent pool of one): for the tests of replies that wait."""
+    from tests.live import start_stack
+
+    stack = start_stack(_test_database_url(), settings_module.REDIS_URL, concurrency=1)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def one_slot_session(one_slot_stack, carol):
+    """An HTTP client logged in as carol on `one_slot_stack`, and its CSRF token."""
+    from tests.live import login
+
+    client, token = login(one_slot_stack.base_url, carol.username, E2E_PASSWORD)
+    yield client, token
+    client.close()
+
+
+@pytest.fixture(scope="session")
 def embedded_stack(django_db_setup, django_db_blocker):
     """Embedded mode: daphne alone, events in memory, no Redis reachable (its URL points nowhere)."""
     from tests.live import start_stack

@@ -34,7 +34,7 @@ LIFECYCLE_ENV = {
     "CHATSITE_WATCHDOG_SECONDS": "1",
     "CHATSITE_REQUEUE_SECONDS": "5",
     "CHATSITE_CANCEL_WAIT_SECONDS": "3",
-    "CHATSITE_TASK_SOFT_TIME_LIMIT": "8",
+    "CHATSITE_TASK_SOFT_TIME_LIMIT": "12",
     "CHATSITE_TASK_TIME_LIMIT": "30",
     # The live tests and benchmarks send many replies at once from few users; limits are tested on their own.
     "CHATSITE_SEND_RATE": "100000/min",
@@ -61,6 +61,8 @@ class Stack:
     log_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     commands: dict[str, list[str]] = field(default_factory=dict)
+    stopping: bool = False
+    revive_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, name: str) -> None:
         log = (self.log_dir / f"{name}.log").open("a")
@@ -89,11 +91,24 @@ class Stack:
         value = self.redis().get(f"{self.key_prefix}{message_id}:heartbeat")
         return int(value.rsplit(":", 1)[1]) if value else None
 
+    def revive_workers(self) -> list[str]:
+        """Start again the worker processes that died (as a process manager's restart policy would); returns
+        their names. The tests SIGKILL workers: a gevent worker is one process carrying all its replies."""
+        revived = []
+        with self.revive_lock:
+            for name in WORKER_ROLES:
+                process = self.processes.get(name)
+                if process is not None and process.poll() is not None and not self.stopping:
+                    self.start(name)
+                    revived.append(name)
+        return revived
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self.revive_workers()
             for name, process in self.processes.items():
-                if process.poll() is not None:
+                if process.poll() is not None and name not in WORKER_ROLES:
                     pytest.fail(f"{name} exited with {process.returncode} while waiting for {what}\n{self.dump_logs()}")
             if predicate():
                 return
@@ -103,7 +118,18 @@ class Stack:
     def wait_worker_ready(self, since: int = 0) -> None:
         self.wait_for(lambda: "ready." in self.log("worker")[since:], 60, "the Celery worker")
 
+    def supervise(self) -> None:
+        """Keep the worker processes running for the stack's life (a thread of the test process)."""
+
+        def watch() -> None:
+            while not self.stopping:
+                self.revive_workers()
+                time.sleep(0.2)
+
+        threading.Thread(target=watch, name="stack-supervisor", daemon=True).start()
+
     def stop(self) -> None:
+        self.stopping = True
         if self in FULL_STACKS:
             FULL_STACKS.remove(self)
         for process in self.processes.values():
@@ -115,6 +141,9 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
 
+
+# The roles a process manager restarts when they die (the Procfile's workers).
+WORKER_ROLES = ("worker", "local")
 
 # The full-mode stacks this test session started (the embedded one's tests pause their watchdogs).
 FULL_STACKS: list[Stack] = []
@@ -143,21 +172,27 @@ def start_stack(
     redis_url: str,
     *,
     extra_env: dict[str, str] | None = None,
-    concurrency: int = 1,
+    concurrency: int = 1000,
+    pool: str = "gevent",
     embedded: bool = False,
 ) -> Stack:
-    """Start daphne, a prefork Celery worker (`concurrency` processes) and beat, on a queue and key prefix of
-    their own; or, `embedded`, daphne alone in embedded mode (`redis_url` is then never used)."""
+    """Start chatsite's processes as the Procfile does, on a queue and key prefix of their own: daphne; the
+    network lane's worker (`pool`, `concurrency` slots: gevent greenlets as the Procfile runs it, or prefork
+    processes); one prefork process for the local lane and document ingestion (the Procfile runs a worker
+    for each); and beat. Worker processes that die (the tests SIGKILL them) are started again, as a process
+    manager would. `embedded`: daphne alone in embedded mode (`redis_url` is then never used)."""
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="chatsite-live-"))
     prefix = f"live:{uuid.uuid4().hex[:8]}:"
     queue, ingest_queue = f"live-{uuid.uuid4().hex}", f"live-ingest-{uuid.uuid4().hex}"
+    local_queue = f"live-local-{uuid.uuid4().hex}"
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "CHATSITE_CELERY_QUEUE": queue,
         "CHATSITE_INGEST_QUEUE": ingest_queue,
+        "CHATSITE_LOCAL_QUEUE": local_queue,
         "CHATSITE_STREAM_KEY_PREFIX": prefix,
         "PYTHONUNBUFFERED": "1",
         **LIFECYCLE_ENV,
@@ -167,22 +202,17 @@ def start_stack(
     }
     stack = Stack(f"http://127.0.0.1:{port}", redis_url, prefix, env, log_dir)
     celery = [sys.executable, "-m", "celery", "-A", "chatsite"]
+    quiet = ["--without-mingle", "--without-gossip", "--loglevel=INFO"]
     stack.commands = {
         # As the Procfile runs it: a listen backlog of 4096, not Twisted's 50 (see the Procfile).
         "web": [
             *[sys.executable, "-m", "daphne", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=4096"],
             "chatsite.asgi:application",
         ],
-        "worker": [
-            *celery,
-            "worker",
-            f"--concurrency={concurrency}",
-            # One worker takes replies and document ingestion here (the Procfile runs one for each).
-            "-Q",
-            f"{queue},{ingest_queue}",
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel=INFO",
+        "worker": [*celery, "worker", "-P", pool, f"--concurrency={concurrency}", "-n", f"network-{port}@%h", *quiet],
+        "local": [
+            *[*celery, "worker", "-P", "prefork", "--concurrency=1", "-Q", f"{local_queue},{ingest_queue}"],
+            *["-n", f"local-{port}@%h", *quiet],
         ],
         "beat": [*celery, "beat", "--loglevel=INFO", "-s", str(log_dir / "beat-schedule")],
     }
@@ -200,6 +230,8 @@ def start_stack(
     stack.wait_for(web_up, 30, "daphne to answer")
     if not embedded:
         stack.wait_worker_ready()
+        stack.wait_for(lambda: "ready." in stack.log("local"), 60, "the local lane's worker")
+        stack.supervise()
         FULL_STACKS.append(stack)
     return stack
 

@@ -157,7 +157,7 @@ def test_export_formats_and_ownership(alice_client, bob_client, anon, arithmetic
 def no_worker(monkeypatch, django_capture_on_commit_callbacks):
     """Imports must never queue a reply: enqueueing fails the test, and no on-commit callback may be left."""
 
-    def refuse(message_id):
+    def refuse(message_id, lane=None):
         raise AssertionError(f"an imported message was sent to a worker: {message_id}")
 
     monkeypatch.setattr("chats.actions.enqueue_reply", refuse)

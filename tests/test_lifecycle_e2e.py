@@ -156,11 +156,13 @@ def test_cancelling_a_finished_reply_is_409_and_a_second_cancel_is_harmless(cont
     assert first.json() == second.json()
 
 
-def test_cancelling_a_queued_reply_ends_it_before_any_worker_runs_it(live_stack, session, carol, scripted_model):
+def test_cancelling_a_queued_reply_ends_it_before_any_worker_runs_it(
+    one_slot_stack, one_slot_session, carol, scripted_model
+):
     slow(scripted_model, count=30, delay=0.05)
-    client, token = session
+    client, token = one_slot_session
     busy_chat, queued_chat = new_chat(client, token), new_chat(client, token)
-    send(client, token, busy_chat, carol, stop_after=2)  # occupies the only worker process
+    send(client, token, busy_chat, carol, stop_after=2)  # takes the lane's only slot
     with client.stream(
         "POST",
         f"/api/chats/{queued_chat}/messages/stream",
@@ -174,13 +176,15 @@ def test_cancelling_a_queued_reply_ends_it_before_any_worker_runs_it(live_stack,
     response = client.post(f"/api/chats/{queued_chat}/messages/{queued.id}/cancel", headers={"X-CSRFToken": token})
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     stream = resume(client, queued_chat, str(queued.id))
-    assert stream.types == ["start", "end"] and stream.events[-1]["finishReason"] == "cancelled"
+    # It said it waited (one reply ahead of it holds the slot), then ended.
+    assert stream.types == ["start", "queued", "end"] and stream.events[-1]["finishReason"] == "cancelled"
+    assert stream.events[1] == {"type": "queued", "position": 0}
 
     wait_until(lambda: Message.objects.get(chat_id=busy_chat, role="assistant").status == "completed")
     time.sleep(1)  # the queued task has run by now, and found nothing to do
     queued.refresh_from_db()
     assert queued.status == "cancelled" and queued.content == ""
-    assert live_stack.redis().xlen(f"{live_stack.key_prefix}{queued.id}") == 2
+    assert one_slot_stack.redis().xlen(f"{one_slot_stack.key_prefix}{queued.id}") == 3
 
 
 def test_the_same_idempotency_key_returns_the_same_reply_and_generates_it_once(contract_session, carol, scripted_model):
@@ -306,7 +310,7 @@ def test_a_reply_lost_from_the_queue_is_queued_again_by_the_watchdog(session, ca
 
 
 def test_a_reply_that_runs_past_its_time_limit_ends_with_a_timeout_error(session, carol, scripted_model):
-    slow(scripted_model, count=40, delay=0.5)  # 20 s, past the stack's 8 s soft time limit
+    slow(scripted_model, count=40, delay=0.5)  # 20 s, past the stack's 12 s soft time limit
     client, token = session
     chat_id = new_chat(client, token)
     received = send(client, token, chat_id, carol)
@@ -416,7 +420,9 @@ def test_a_reply_whose_worker_dies_on_every_attempt_ends_after_the_last_as_worke
     live_stack.wait_worker_ready()
 
 
-def test_a_users_reply_starts_before_another_users_queued_replies(live_stack, session, carol, scripted_model):
+def test_a_users_reply_starts_before_another_users_queued_replies(
+    one_slot_stack, one_slot_session, carol, scripted_model
+):
     # One worker slot: bob (carol here) has three long replies running or queued, then alice (dave) sends one.
     from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
@@ -426,8 +432,8 @@ def test_a_users_reply_starts_before_another_users_queued_replies(live_stack, se
     dave.password = PBKDF2PasswordHasher().encode(E2E_PASSWORD, PBKDF2PasswordHasher().salt())
     dave.save()
     slow(scripted_model, count=10, delay=0.1)
-    client, token = session
-    dave_client, dave_token = login(live_stack.base_url, dave.username, E2E_PASSWORD)
+    client, token = one_slot_session
+    dave_client, dave_token = login(one_slot_stack.base_url, dave.username, E2E_PASSWORD)
 
     def send_and_leave(http, csrf, user) -> None:
         chat_id = new_chat(http, csrf)
@@ -452,7 +458,11 @@ def test_a_users_reply_starts_before_another_users_queued_replies(live_stack, se
     assert all(m.status == "completed" for m in [*carols, daves])
     assert daves.started_at < carols[1].started_at and daves.started_at < carols[2].started_at
     # Carol's second reply was passed over for dave's, and said so.
-    second = [json.loads(f["data"]) for _, f in live_stack.redis().xrange(f"{live_stack.key_prefix}{carols[1].id}")]
-    assert [e["type"] for e in second][:2] == ["start", "queued"] and second[1]["position"] == 0
+    redis = one_slot_stack.redis()
+    second = [json.loads(f["data"]) for _, f in redis.xrange(f"{one_slot_stack.key_prefix}{carols[1].id}")]
+    # (at its send, one or two replies were ahead of it, as the first had been claimed yet or not; when dave's
+    # took the slot, it was next)
+    assert [e["type"] for e in second][:2] == ["start", "queued"]
+    assert [e["position"] for e in second if e["type"] == "queued"][-1] == 0
     assert carols[1].attempts == 1
     dave_client.close()

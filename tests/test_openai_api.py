@@ -146,7 +146,7 @@ def test_a_conversation_is_saved_as_one_branch_with_the_clients_settings(
     alice, scripted_model, monkeypatch, django_capture_on_commit_callbacks
 ):
     enqueued = []
-    monkeypatch.setattr("protocols.actions.enqueue_reply", enqueued.append)
+    monkeypatch.setattr("chats.actions.enqueue_reply", lambda message_id, lane=None: enqueued.append(message_id))
     body = {
         "model": "scripted",
         "messages": [

@@ -35,8 +35,7 @@ def handbook(alice, minilm) -> Document:
 @pytest.fixture
 def llm(scripted_model, monkeypatch):
     # Replies here are queued, not generated: the live tests below run a worker.
-    monkeypatch.setattr("protocols.actions.enqueue_reply", lambda message_id: None)
-    monkeypatch.setattr("chats.actions.enqueue_reply", lambda message_id: None)
+    monkeypatch.setattr("chats.actions.enqueue_reply", lambda message_id, lane=None: None)
     return scripted_model
 
 

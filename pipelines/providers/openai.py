@@ -32,22 +32,24 @@ Errors become `GenerationError`s with these codes: `rate_limited`, `auth_failed`
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpx2
 import openai
+from django.conf import settings
 
 from pipelines.providers.base import ChatDelta, ChatMessage, GenerationError, Provider, ToolCall
 
 if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletionChunk
-
     from pipelines.models import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,37 @@ class _PartialToolCall:
         return ToolCall(id=self.id or f"call_{uuid.uuid4().hex}", name=self.name, arguments=self.arguments)
 
 
+_clients: dict[tuple, openai.OpenAI] = {}
+_clients_lock = threading.Lock()
+
+
+def shared_client(
+    base_url: str | None, api_key: str, read_timeout: float, connect_timeout: float, max_retries: int
+) -> openai.OpenAI:
+    """The process's one SDK client for a server, key, timeouts (seconds) and retry count, built on first use.
+
+    Its HTTP connection pool is shared by every reply to that server: the network lane's worker streams up to
+    CHATSITE_NETWORK_SLOTS replies at once, so the pool may open that many connections (keeping 100 idle).
+    Building a client per reply cost about 100 ms of CPU (its TLS context loads the CA bundle).
+    """
+    key = (base_url, api_key, read_timeout, connect_timeout, max_retries)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            limits = httpx2.Limits(
+                max_connections=max(100, settings.CHATSITE_NETWORK_SLOTS), max_keepalive_connections=100
+            )
+            client = _clients[key] = openai.OpenAI(
+                base_url=base_url,
+                api_key=api_key,
+                # The SDK's own Timeout class: openai 3.x runs on httpx2, whose Timeout is not httpx's.
+                timeout=openai.Timeout(read_timeout, connect=connect_timeout),
+                max_retries=max_retries,
+                http_client=openai.DefaultHttpxClient(limits=limits),
+            )
+        return client
+
+
 class OpenAIProvider(Provider):
     """Streams chat completions from an OpenAI-compatible server (see the module docstring for settings)."""
 
@@ -94,7 +127,8 @@ class OpenAIProvider(Provider):
         self._api_key = ""
 
     def _get_client(self) -> openai.OpenAI:
-        """The SDK client, built on first use and reused (it holds a connection pool).
+        """The SDK client for this model's server, shared by every reply of the process that uses the same
+        server, key and timeouts (`shared_client`): no client, TLS context or connection is built per reply.
 
         Raises:
             GenerationError: `provider_misconfigured` when `options` holds values of the wrong type.
@@ -119,13 +153,10 @@ class OpenAIProvider(Provider):
                     self._label(),
                     key_name,
                 )
-            self._client = openai.OpenAI(
-                base_url=self.config.base_url or None,
-                api_key=self._api_key or PLACEHOLDER_API_KEY,
-                # The SDK's own Timeout class: openai 3.x runs on httpx2, whose Timeout is not httpx's.
-                timeout=openai.Timeout(read_timeout, connect=connect_timeout),
-                max_retries=max_retries,
-            )
+            self._client = shared_client(
+                self.config.base_url or None, self._api_key or PLACEHOLDER_API_KEY, read_timeout, connect_timeout,
+                max_retries,
+            )  # fmt: skip
         return self._client
 
     def stream_chat(
@@ -169,49 +200,92 @@ class OpenAIProvider(Provider):
             request["tool_choice"] = tool_choice
         client = self._get_client()
         try:
-            stream = client.chat.completions.create(**request)
+            # The SDK builds and sends the request, retries what failed before the stream started, and raises its
+            # errors; the chunks are read here (`_chunks`): the SDK's per-chunk pydantic objects cost about
+            # 100 us of CPU each, most of the worker's time per token.
+            opened = client.chat.completions.with_streaming_response.create(**request)
+            response = opened.__enter__()
         except openai.OpenAIError as exc:
             raise self._generation_error(exc) from exc
         try:
-            yield from self._read(stream)
+            yield from self._read(self._chunks(response))
         except openai.OpenAIError as exc:
             raise self._generation_error(exc) from exc
         finally:
             # Also runs when the consumer stops early (generator close): it frees the connection, and the
             # server sees the disconnect and stops generating.
-            stream.close()
+            opened.__exit__(None, None, None)
 
-    def _read(self, stream: Iterator[ChatCompletionChunk]) -> Iterator[ChatDelta]:
-        """Turn the chunks of one stream into deltas, assembling tool calls by their `index`."""
+    @staticmethod
+    def _chunks(response: Any) -> Iterator[dict]:
+        """The `chat.completion.chunk` objects of an SSE response, as dicts, until `data: [DONE]`.
+
+        Protocol: server-sent events (WHATWG HTML, "Server-sent events"), as OpenAI streams them: each event one
+        `data:` line of JSON. An event carrying `error` (OpenAI's mid-stream error) raises `openai.APIError`;
+        a read that times out or a connection that breaks raises the SDK's `APITimeoutError` /
+        `APIConnectionError`, as the SDK would.
+        """
+        request = response.http_request
+        try:
+            lines = response.iter_lines()
+            for line in lines:
+                if not line.startswith("data:"):
+                    continue  # comments, `event:` and `id:` lines, blank separators
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    # Read the body to its end, so that its connection goes back to the pool for the next reply
+                    # (a response closed unread closes its connection).
+                    for _ in lines:
+                        pass
+                    return
+                chunk = json.loads(data)
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    error = chunk["error"]
+                    message = error.get("message") if isinstance(error, dict) else str(error)
+                    raise openai.APIError(message or "An error occurred during streaming", request, body=error)
+                yield chunk
+        except httpx2.TimeoutException as exc:
+            raise openai.APITimeoutError(request=request) from exc
+        except httpx2.TransportError as exc:
+            raise openai.APIConnectionError(request=request) from exc
+        except json.JSONDecodeError as exc:
+            raise openai.APIResponseValidationError(response.http_response, None, message=str(exc)) from exc
+
+    def _read(self, chunks: Iterator[dict]) -> Iterator[ChatDelta]:
+        """Turn the chunks of one stream (`chat.completion.chunk` dicts) into deltas, assembling tool calls by
+        their `index`."""
         pending: dict[int, _PartialToolCall] = {}
         emitted_calls = False
         finish_reason: str | None = None
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
-        for chunk in stream:
-            if chunk.usage is not None:
-                prompt_tokens = chunk.usage.prompt_tokens
-                completion_tokens = chunk.usage.completion_tokens
-            for choice in chunk.choices:
-                if choice.index != 0:  # we never ask for n > 1
+        for chunk in chunks:
+            usage = chunk.get("usage")
+            if usage:
+                prompt_tokens = usage.get("prompt_tokens")
+                completion_tokens = usage.get("completion_tokens")
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) != 0:  # we never ask for n > 1
                     continue
-                delta = choice.delta
-                if delta is not None and delta.content:
-                    yield ChatDelta(text=delta.content)
-                for fragment in (delta.tool_calls if delta is not None else None) or ():
-                    index = fragment.index if fragment.index is not None else self._index_without_one(pending, fragment)
+                delta = choice.get("delta") or {}
+                if content := delta.get("content"):
+                    yield ChatDelta(text=content)
+                for fragment in delta.get("tool_calls") or ():
+                    index = fragment.get("index")
+                    if index is None:
+                        index = self._index_without_one(pending, fragment)
                     call = pending.setdefault(index, _PartialToolCall())
                     # OpenAI sends id and name once, in the first fragment; some servers (llama-cpp-python)
                     # repeat them in every fragment, so only the first one counts.
-                    if fragment.id and not call.id:
-                        call.id = fragment.id
-                    if fragment.function is not None:
-                        if fragment.function.name and not call.name:
-                            call.name = fragment.function.name
-                        if fragment.function.arguments:
-                            call.arguments += fragment.function.arguments
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
+                    if fragment.get("id") and not call.id:
+                        call.id = fragment["id"]
+                    function = fragment.get("function") or {}
+                    if function.get("name") and not call.name:
+                        call.name = function["name"]
+                    if function.get("arguments"):
+                        call.arguments += function["arguments"]
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
                     if pending:
                         yield ChatDelta(tool_calls=tuple(call.complete() for _, call in sorted(pending.items())))
                         pending.clear()
@@ -238,7 +312,7 @@ class OpenAIProvider(Provider):
         if not pending:
             return 0
         last = max(pending)
-        if fragment.id and pending[last].id and fragment.id != pending[last].id:
+        if fragment.get("id") and pending[last].id and fragment["id"] != pending[last].id:
             return last + 1
         return last
 
