@@ -17,7 +17,8 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export CHATSITE_DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chatsite_demo
 export CHATSITE_DEMO_CONNECTOR_URL ?= postgres://chatsite_demo_reader@127.0.0.1:5432/chatsite_demo
 
-.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-send bench-retrieval bench-sql proto clean
+.PHONY: run test lint format install install-dev pgvector chaos chaos-soak bench bench-send bench-retrieval \
+	bench-sql proto cluster cluster-chaos cluster-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,12 +44,17 @@ node_modules/.installed: package.json package-lock.json
 /usr/bin/chromium:
 	apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium
 
+# The cluster (bench/cluster.py) builds hosts as network namespaces (iproute2) behind Debian's nginx.
+/usr/sbin/nginx /usr/sbin/ip:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light iproute2
+cluster-tools: /usr/sbin/nginx /usr/sbin/ip
+
 # pgvector for PostgreSQL (document search); Debian's source package built against the local server.
 pgvector:
 	@sh scripts/install-pgvector.sh
 
 install: $(VENV)/.installed node_modules/.installed
-install-dev: install $(VENV)/.installed-dev /usr/bin/chromium pgvector
+install-dev: install $(VENV)/.installed-dev /usr/bin/chromium pgvector cluster-tools
 
 # Full mode (Redis answers): the web role, a Celery worker and beat (Procfile). Embedded mode (no Redis, or
 # CHATSITE_EMBEDDED=1): one daphne process alone, generating replies on a thread pool. The web role is
@@ -119,6 +125,18 @@ proto: install-dev
 BENCH_SQL_ARGS ?=
 bench-sql: install-dev
 	$(BIN)/python bench/text_to_sql.py $(BENCH_SQL_ARGS)
+
+# A cluster on this machine (needs root): nginx, 2 web hosts, 2 worker hosts, beat, and a data host with its own
+# PostgreSQL and Redis, each a network namespace; prints the addresses, runs until Ctrl-C, then removes it all
+# (`python bench/cluster.py stop` cleans up after a run that was killed).
+cluster: install-dev
+	$(BIN)/python bench/cluster.py start
+
+# Faults across hosts on that cluster (a web host killed, a worker host's link cut, PostgreSQL and Redis
+# restarted) while 120 replies stream through nginx, and throughput with 2+2 hosts against 1+1; prints the
+# figures (bench/cluster_chaos.py).
+cluster-chaos: install-dev
+	$(BIN)/python bench/cluster_chaos.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

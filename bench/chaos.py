@@ -136,6 +136,7 @@ class Client:
     texts: list[str] = field(default_factory=list)
     terminal: str | None = None
     error: str | None = None
+    retry_after: str | None = None  # the last response's Retry-After header
 
 
 async def read_stream(http: httpx.AsyncClient, method: str, path: str, client: Client, *, stop_after=None, **kwargs):
@@ -146,8 +147,18 @@ async def read_stream(http: httpx.AsyncClient, method: str, path: str, client: C
     client.reads.append(reads)
     last_event_id = kwargs.get("headers", {}).get("Last-Event-ID")
     reads.append({"request": f"{method} {path}", "lastEventId": last_event_id, "t": round(time.time(), 3)})
+    try:
+        await _read_events(http, method, path, client, ids, text, reads, stop_after, **kwargs)
+    finally:
+        # Also what a connection cut short (a web process killed under it) had read: a client that resumes
+        # from its Last-Event-ID adds the rest.
+        client.texts.append("".join(text))
+
+
+async def _read_events(http, method, path, client, ids, text, reads, stop_after, **kwargs) -> None:
     async with aconnect_sse(http, method, path, **kwargs) as source:
         client.status = source.response.status_code
+        client.retry_after = source.response.headers.get("Retry-After")
         if client.status != 200:
             client.error = (await source.response.aread()).decode()[:200]
             return
@@ -173,7 +184,6 @@ async def read_stream(http: httpx.AsyncClient, method: str, path: str, client: C
                 break
             if stop_after is not None and len(ids) >= stop_after:
                 break
-    client.texts.append("".join(text))
 
 
 async def run_client(base_url: str, cookies: httpx.Cookies, token: str, user_id: str, client: Client) -> None:

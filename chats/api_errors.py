@@ -4,8 +4,12 @@ Every error is `{"error": "<machine code>", "message": "<text for people>"}`, pl
 validation errors, where each key is a request field (camelCase, as sent) and each value a list of messages.
 """
 
+import logging
+import sys
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -33,6 +37,35 @@ def error_body(code: str, message: str, fields: dict | None = None) -> dict:
     return body
 
 
+logger = logging.getLogger("chatsite.errors")
+
+# What a request meets when the database is down, restarting or refusing connections (psycopg's errors, and the
+# pool's timeout waiting for a connection, arrive wrapped as these by Django).
+DATABASE_DOWN = (OperationalError, InterfaceError)
+# Seconds a client should wait before trying again (chatsite.health uses the same).
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def _database_unavailable(request: HttpRequest, exc: BaseException) -> dict:
+    """Log a request that met a database outage (one WARNING line with the exception's class, not its text,
+    which names hosts and users) and return the error body."""
+    logger.warning("database unavailable (%s) for %s %s", type(exc).__name__, request.method, request.path)
+    return error_body(
+        "database_unavailable",
+        "The database is not answering right now; nothing was changed. Try again in a few seconds.",
+    )
+
+
+def database_unavailable_response(request: HttpRequest, exc: BaseException) -> JsonResponse:
+    """503 `database_unavailable` with `Retry-After`, for a request that met a database outage (any view or
+    middleware; DRF views get the same from `exception_handler`). Marked as logged, so that Django does not add
+    an ERROR line per request to an outage."""
+    response = JsonResponse(_database_unavailable(request, exc), status=503)
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    response._has_been_logged = True
+    return response
+
+
 def _flatten(detail) -> list[str]:
     if isinstance(detail, dict):
         return [m for v in detail.values() for m in _flatten(v)]
@@ -44,8 +77,18 @@ def _flatten(detail) -> list[str]:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF exception handler that renders every API error in the shape above.
 
+    A database outage (OperationalError, InterfaceError) is 503 `database_unavailable` with `Retry-After`.
     Returns None for exceptions DRF does not handle, which Django then turns into a 500 (logged).
     """
+    if isinstance(exc, DATABASE_DOWN):
+        # Nothing to roll back on a connection that is gone, and set_rollback would touch it.
+        response = Response(
+            _database_unavailable(context["request"], exc),
+            status=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
+        response._has_been_logged = True
+        return response
     if isinstance(exc, RequestDataTooBig):
         from chats.exceptions import RequestTooLarge
 
@@ -104,7 +147,11 @@ def json_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 
 
 def json_server_error(request: HttpRequest) -> JsonResponse:
-    """handler500: never a stack trace, always the error shape."""
+    """handler500: never a stack trace, always the error shape; a database outage met outside a view (in a
+    middleware, say) is the 503 of `database_unavailable_response`."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, DATABASE_DOWN):
+        return database_unavailable_response(request, exc)
     return JsonResponse(error_body("internal_error", "Something went wrong on our side."), status=500)
 
 

@@ -6,7 +6,10 @@ ending is fenced (chats.fencing) so that one terminal event, matching the saved 
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 import redis
 from asgiref.sync import sync_to_async
@@ -18,6 +21,8 @@ from rest_framework.exceptions import ValidationError
 from chats import events, fencing
 from chats.exceptions import ReplyFinished
 from chats.models import Message
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +117,45 @@ def do_finish_reply(
     rows = Message.objects.filter(id=message_id, status__in=from_statuses)
     if attempt is not None:
         rows = rows.filter(attempts=attempt)
-    updated = rows.update(
-        status=status,
-        content=content,
-        finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        error=error,
-        tool_calls=tool_calls or [],
-        sources=sources or [],
-        completed_at=timezone.now(),
+    updated = through_database_restart(
+        lambda: rows.update(
+            status=status,
+            content=content,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            error=error,
+            tool_calls=tool_calls or [],
+            sources=sources or [],
+            completed_at=timezone.now(),
+        )
     )
     return bool(updated)
+
+
+def through_database_restart(write: Callable[[], T]) -> T:
+    """Run `write` (one statement, outside any transaction), trying it again on a new connection for up to
+    CHATSITE_DB_RETRY_SECONDS while the database is restarting or refusing connections (django.db's
+    OperationalError or InterfaceError).
+
+    A worker holds its connection for a whole reply, so a PostgreSQL restart while it generates closes that
+    connection under it; without this, its final save failed and the reply ended as `internal_error` although
+    the database was back a second later. The closed connection is given back (the pool discards a broken one)
+    and the next try takes a new one. Inside a transaction nothing is retried: the transaction is lost anyway.
+    Raises the last error once the time is up.
+    """
+    from django.db import InterfaceError, OperationalError, connection
+
+    deadline = time.monotonic() + settings.CHATSITE_DB_RETRY_SECONDS
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or time.monotonic() >= deadline:
+                raise
+            logger.warning("database unavailable; trying the write again")
+            connection.close()
+            time.sleep(0.5)
 
 
 def do_reclaim_reply(message_id: str, started_at: datetime, attempts: int) -> Message | None:

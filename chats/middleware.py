@@ -36,3 +36,20 @@ class BodyLengthMiddleware(MiddlewareMixin):
         body.seek(start)
         if size > 0:
             request.META["CONTENT_LENGTH"] = str(size)
+
+
+class DatabaseUnavailableMiddleware(MiddlewareMixin):
+    """A view that met a database outage (django.db.OperationalError or InterfaceError) answers 503
+    `database_unavailable` with `Retry-After` instead of a 500 (`chats.api_errors.database_unavailable_response`).
+
+    DRF views get the same answer from the API's exception handler; this covers the other views (pages, the
+    admin), and `handler500` covers an outage met by a middleware. A streaming view meets the database before it
+    returns its response, so this also covers the SSE endpoints before their stream starts.
+    """
+
+    def process_exception(self, request: HttpRequest, exception: Exception):
+        from chats.api_errors import DATABASE_DOWN, database_unavailable_response
+
+        if isinstance(exception, DATABASE_DOWN):
+            return database_unavailable_response(request, exception)
+        return None

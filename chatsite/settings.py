@@ -69,6 +69,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, before anything reads a body: a chunked body (no Content-Length) gets its length, so it is read.
     "chats.middleware.BodyLengthMiddleware",
+    # A view that meets a database outage answers 503 database_unavailable with Retry-After, not 500.
+    "chats.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -343,6 +345,8 @@ CHATSITE_MAX_REPLY_ATTEMPTS = env.int("CHATSITE_MAX_REPLY_ATTEMPTS", default=3)
 # is at most that), and a reply past it ends with `error` `time_budget_exceeded`, keeping its text. Keep it below
 # CHATSITE_TASK_SOFT_TIME_LIMIT, the backstop for a step that cannot be interrupted (an answer that stalls).
 CHATSITE_REPLY_TIME_BUDGET_SECONDS = env.float("CHATSITE_REPLY_TIME_BUDGET_SECONDS", default=300.0)
+# How long a worker keeps trying a reply's final save while the database restarts (chats.lifecycle).
+CHATSITE_DB_RETRY_SECONDS = env.float("CHATSITE_DB_RETRY_SECONDS", default=15.0)
 CHATSITE_REDIS_RETRY_SECONDS = env.float("CHATSITE_REDIS_RETRY_SECONDS", default=30.0)
 # Text to SQL (seed 001, pipelines.text_to_sql): the connector its steps and endpoints use when none is named (the
 # seeded demo sales database), the model its endpoints use when the request names none, and how long a
@@ -357,6 +361,9 @@ CHATSITE_REDIS_MAX_CONNECTIONS = env.int("CHATSITE_REDIS_MAX_CONNECTIONS", defau
 # bench/relay.py only: workers add `t` (their XADD time, epoch seconds) to every event.
 CHATSITE_BENCH_TIMESTAMPS = env.bool("CHATSITE_BENCH_TIMESTAMPS", default=False)
 CHATSITE_MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+# /readyz (chatsite.health): seconds each check (database, Redis, broker) may take before it counts as failed.
+CHATSITE_READY_TIMEOUT_SECONDS = env.float("CHATSITE_READY_TIMEOUT_SECONDS", default=2.0)
 
 CELERY_BEAT_SCHEDULE = {
     "end-lost-replies": {"task": "pipelines.watchdog", "schedule": CHATSITE_WATCHDOG_SECONDS},

@@ -6,10 +6,14 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from chats import share_views, views
+from chatsite import health
 from knowledge import views as knowledge_views
 from protocols import urls as protocol_urls
 
 urlpatterns = [
+    # Liveness and readiness for load balancers (issue 17): no authentication, no session, no throttling.
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("", views.chat_page, name="chat-home"),
     path("c/<str:chat_id>", views.chat_page, name="chat-page"),
     path(

@@ -38,6 +38,7 @@ from chats.lifecycle import (
     do_requeue_reply,
     fail_unstarted_reply,
     start_event_for,
+    through_database_restart,
 )
 from chats.models import Message
 from chatsite import jobs
@@ -82,7 +83,9 @@ def run_reply(message_id: str, publisher: EventPublisher | None = None, *, redel
     held = _Held(message_id)
     lane = jobs.NETWORK
     try:
-        row = Message.objects.filter(id=message_id).values("status", "lane").first()
+        # A delivery that comes while the database restarts waits for it (CHATSITE_DB_RETRY_SECONDS) rather than
+        # ending a reply that nothing has started yet.
+        row = through_database_restart(lambda: Message.objects.filter(id=message_id).values("status", "lane").first())
         if row is None:
             return None
         lane = row["lane"]

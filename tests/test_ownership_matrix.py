@@ -226,6 +226,9 @@ PAGE_MATRIX = {
     "documents": (200, 200, 200, 302),
     "documents/<str:document_id>": (200, 403, 403, 302),
     "s/<str:token>": (200, 200, 200, 200),  # a share link: anyone with it
+    # Liveness and readiness (issue 17): for load balancers, no login, nothing of anyone's.
+    "healthz": (200, 200, 200, 200),
+    "readyz": (200, 200, 200, 200),
 }
 
 
