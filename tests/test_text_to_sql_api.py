@@ -31,8 +31,7 @@ def key_client(user, read_only: bool = False) -> APIClient:
 @pytest.fixture
 def queued(monkeypatch):
     """Replies are saved and queued, not generated (the live tests run a worker)."""
-    monkeypatch.setattr("protocols.actions.enqueue_reply", lambda message_id: None)
-    monkeypatch.setattr("chats.actions.enqueue_reply", lambda message_id: None)
+    monkeypatch.setattr("chats.actions.enqueue_reply", lambda message_id, lane=None: None)
 
 
 @pytest.fixture
