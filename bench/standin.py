@@ -42,6 +42,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,10 +372,20 @@ def main() -> int:
     return 0
 
 
+@dataclass
+class RunningStandin:
+    """A stand-in server started by `running_standin`: its API root (`http://127.0.0.1:<port>/v1`) and pid."""
+
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def running_standin(port: int, *, tokens: int = 100, pace: float = 0, log: Path | None = None) -> Iterator[str]:
-    """Start the stand-in as a subprocess on 127.0.0.1:`port`, wait until it answers, yield its API root
-    (`http://127.0.0.1:<port>/v1`), and stop it (SIGTERM) at the end.
+def running_standin(
+    port: int, *, tokens: int = 100, pace: float = 0, log: Path | None = None
+) -> Iterator[RunningStandin]:
+    """Start the stand-in as a subprocess on 127.0.0.1:`port`, wait until it answers, yield it, and stop it
+    (SIGTERM) at the end.
 
     Raises:
         RuntimeError: when it does not answer within 10 s (its output is in `log`, when given).
@@ -393,7 +404,7 @@ def running_standin(port: int, *, tokens: int = 100, pace: float = 0, log: Path 
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the stand-in server did not start on port {port}") from None
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield RunningStandin(f"http://127.0.0.1:{port}/v1", process.pid)
     finally:
         process.terminate()
         try:
