@@ -1,9 +1,9 @@
-"""The whole-path benchmark's load generator: simulated users in one asyncio process (httpx), as a browser
-client behaves, against chatsite or straight against the model server.
+"""The whole-path benchmark's load generator: simulated users in one asyncio process, as a browser client
+behaves, against chatsite or straight against the model server.
 
 - chatsite: each simulated user holds a logged-in session (cookies and CSRF token of one of the bench's
-  accounts) and a chat of its own, POSTs a message to `/api/chats/<chatId>/messages/stream` (seed 004) and reads
-  the reply's SSE events to `end` or `error`;
+  accounts), a connection (keep-alive) and a chat of its own, POSTs a message to
+  `/api/chats/<chatId>/messages/stream` (seed 004) and reads the reply's SSE events to `end` or `error`;
 - direct: `POST <model server>/chat/completions` with `stream: true` (OpenAI's protocol) read to `[DONE]`.
 
 A job is a list of rounds; a round's replies are all sent at once, and the next round starts when it is over.
@@ -28,62 +28,102 @@ import httpx
 SSE_TIMEOUT = httpx.Timeout(60, read=300)
 
 
+class Connection:
+    """One simulated user's HTTP/1.1 connection (keep-alive), as a browser tab keeps one to its site.
+
+    A bare asyncio client, because the client's own cost is part of every figure: httpx costs 1-3 ms of CPU per
+    streamed request on this machine, and its connection pool slows down with the number of connections it
+    holds (200 streams at once: 15 s of CPU); this costs tens of microseconds. It speaks only what the two
+    servers answer: a status line, headers, then a chunked, Content-Length or close-delimited body.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, target: str, headers: str, body: bytes = b"") -> tuple[int, dict]:
+        """Send a request (`headers`: ready-made header lines, each ending in CRLF); return status and headers."""
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{headers}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        response_headers = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            response_headers[name.strip().lower()] = value.strip()
+        return int(status_line.split()[1]), response_headers
+
+    async def body(self, headers: dict):
+        """Yield the response body's pieces as they arrive; afterwards the connection is ready for the next
+        request (or closed, when the server said so)."""
+        reader = self.reader
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while size := int((await reader.readline()).split(b";")[0], 16):
+                data = await reader.readexactly(size + 2)
+                yield data[:-2]
+            while await reader.readline() not in (b"\r\n", b""):  # trailers
+                pass
+        elif "content-length" in headers:
+            yield await reader.readexactly(int(headers["content-length"]))
+        else:
+            while data := await reader.read(65536):
+                yield data
+            self.close()
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+
+    async def get(self, target: str, headers: str) -> int:
+        status, response_headers = await self.request("GET", target, headers)
+        async for _ in self.body(response_headers):
+            pass
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 def _new_record() -> dict:
     return {"sent": None, "first": None, "last": None, "tokens": 0, "done": False, "error": None, "text_ok": None}
 
 
-async def _read_events(response: httpx.Response):
-    """Yield the `data:` payload (str) of each server-sent event, from the raw body (no line iterator: cheaper)."""
-    buffer = b""
-    async for chunk in response.aiter_raw():
-        buffer += chunk
-        while (end := buffer.find(b"\n\n")) >= 0:
-            block, buffer = buffer[:end], buffer[end + 2 :]
-            for line in block.split(b"\n"):
-                if line.startswith(b"data: "):
-                    yield line[6:].decode()
-
-
-async def _reply(http: httpx.AsyncClient, request: dict, rec: dict, expected: str | None, progress) -> None:
-    """Send one request and read its stream into `rec`."""
+async def _reply(conn: Connection, request: dict, headers: str, rec: dict, expected: str | None, progress) -> None:
+    """Send one request on `conn` and read its stream into `rec`."""
     parts: list[str] = []
+    body = json.dumps(request["body"]).encode()
     rec["sent"] = time.time()
     try:
-        async with http.stream("POST", request["url"], json=request["body"], headers=request["headers"]) as response:
-            if response.status_code != 200:
-                rec["error"] = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
-                return
-            progress[0] += 1
-            async for data in _read_events(response):
-                if data == "[DONE]":
-                    rec["done"] = True
-                    break
-                event = json.loads(data)
-                if event.get("object") == "chat.completion.chunk":
-                    choices = event.get("choices") or ()
-                    delta = (choices[0].get("delta") or {}).get("content") if choices else None
-                elif event["type"] == "content":
-                    delta = event["delta"]
-                elif event["type"] == "end":
-                    rec["done"] = True
-                    break
-                elif event["type"] == "error":
-                    rec["error"] = f"error event: {event.get('error')}"
-                    break
-                else:  # start, queued, step, sources...
-                    continue
-                if delta:
-                    now = time.time()
-                    if rec["first"] is None:
-                        rec["first"] = now
-                    rec["last"] = now
-                    rec["tokens"] += delta.count(" ")
-                    if expected is not None:
-                        parts.append(delta)
-            if not rec["done"] and not rec["error"]:
-                rec["error"] = "the stream closed before its end"
-    except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+        status, response_headers = await conn.request("POST", request["path"], headers, body)
+        progress[0] += 1
+        buffer = b""
+        async for piece in conn.body(response_headers):
+            if status != 200:
+                rec["error"] = f"HTTP {status}: {piece[:200]!r}"
+                continue
+            buffer += piece
+            while (end := buffer.find(b"\n\n")) >= 0:
+                block, buffer = buffer[:end], buffer[end + 2 :]
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data: ") and not rec["done"] and not rec["error"]:
+                        _event(line[6:], rec, parts, expected is not None)
+        if status != 200 and not rec["error"]:
+            rec["error"] = f"HTTP {status}"
+        if not rec["done"] and not rec["error"]:
+            rec["error"] = "the stream closed before its end"
+    except (OSError, ValueError, KeyError, IndexError, asyncio.IncompleteReadError) as exc:
         rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        conn.close()
+    except asyncio.CancelledError:
+        conn.close()
+        raise
     finally:
         progress[1] += 1
         if expected is not None and rec["done"]:
@@ -92,16 +132,56 @@ async def _reply(http: httpx.AsyncClient, request: dict, rec: dict, expected: st
                 rec["error"] = "the streamed text is not the text the model server sent"
 
 
+def _event(data: bytes, rec: dict, parts: list[str], keep_text: bool) -> None:
+    """Take one SSE `data:` payload: a chatsite reply event or an OpenAI chunk (or `[DONE]`)."""
+    if data == b"[DONE]":
+        rec["done"] = True
+        return
+    event = json.loads(data)
+    if event.get("object") == "chat.completion.chunk":
+        choices = event.get("choices") or ()
+        delta = (choices[0].get("delta") or {}).get("content") if choices else None
+    elif event["type"] == "content":
+        delta = event["delta"]
+    elif event["type"] == "end":
+        rec["done"] = True
+        return
+    elif event["type"] == "error":
+        rec["error"] = f"error event: {event.get('error')}"
+        return
+    else:  # start, queued, step, sources...
+        return
+    if delta:
+        now = time.time()
+        if rec["first"] is None:
+            rec["first"] = now
+        rec["last"] = now
+        rec["tokens"] += delta.count(" ")
+        if keep_text:
+            parts.append(delta)
+
+
 async def _load(job: dict, progress) -> dict:
-    """Run `job["rounds"]` (lists of requests) one after another, each all at once, until `job["deadline"]` s."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    clients = [httpx.AsyncClient(cookies=cookies, limits=limits, timeout=SSE_TIMEOUT) for cookies in job["cookie_jars"]]
+    """Run `job["rounds"]` (lists of requests) one after another, each all at once, until `job["deadline"]` s.
+
+    Simulated user `i` sends the `i`-th request of every round on a connection of its own, opened beforehand
+    with `job["warmup"]` (a GET), as a browser has the page's connection open when its user sends."""
+    host, port = job["host"], job["port"]
+    users = max(len(r) for r in job["rounds"])
+    conns = [Connection(host, port) for _ in range(users)]
+    headers = [
+        "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "Content-Type: application/json\r\n"
+        for h in job["client_headers"]
+    ]
+    first = job["rounds"][0]
     rounds_out = []
     try:
-        # Each client's first request opens a connection and loads what httpx loads lazily; a browser has its
-        # connection open from the page it shows. Not timed.
-        for client, url in zip(clients, job["warmup_urls"], strict=True):
-            await client.get(url)
+        # Not timed: opening the connections (and what asyncio sets up on its first connection).
+        statuses = await asyncio.gather(
+            *(c.get(job["warmup"], headers[first[i]["client"]]) for i, c in enumerate(conns))
+        )
+        if any(status != 200 for status in statuses):
+            raise RuntimeError(f"warm-up requests answered {sorted(set(statuses))}")
         began = time.time()
         deadline = began + job["deadline"]
         for requests in job["rounds"]:
@@ -111,8 +191,8 @@ async def _load(job: dict, progress) -> dict:
             rounds_out.append(records)
             round_began = time.time()
             tasks = [
-                asyncio.create_task(_reply(clients[r["client"]], r, rec, job.get("expected"), progress))
-                for r, rec in zip(requests, records, strict=True)
+                asyncio.create_task(_reply(conns[i], r, headers[r["client"]], rec, job.get("expected"), progress))
+                for i, (r, rec) in enumerate(zip(requests, records, strict=True))
             ]
             _done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.time()))
             for task in pending:
@@ -122,8 +202,8 @@ async def _load(job: dict, progress) -> dict:
             for rec in records:
                 rec["round_began"] = round_began
     finally:
-        for client in clients:
-            await client.aclose()
+        for conn in conns:
+            conn.close()
     return {"began": began, "ended": time.time(), "rounds": rounds_out, "planned": [len(r) for r in job["rounds"]]}
 
 

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -218,6 +219,7 @@ class Bench:
     # --- loads ----------------------------------------------------------------------------------------------
 
     def requests(self, target: str, count: int, tokens: int, pace: float) -> list[dict]:
+        """`count` requests for the load generator: to the stand-in itself, or sends of new chats to chatsite."""
         if target == "direct":
             body = {
                 "model": "standin",
@@ -226,30 +228,41 @@ class Bench:
                 "max_tokens": tokens,
                 "messages": [{"role": "user", "content": "hello"}],
             }
-            url = f"{self.path_url(tokens, pace)}/chat/completions"
-            return [{"url": url, "body": body, "headers": {}, "client": 0} for _ in range(count)]
+            path = urlsplit(f"{self.path_url(tokens, pace)}/chat/completions").path
+            return [{"path": path, "body": body, "client": 0} for _ in range(count)]
         model = self.model(tokens, pace)
         return [
             {
-                "url": f"{self.stack.base_url}/api/chats/{chat}/messages/stream",
+                "path": f"/api/chats/{chat}/messages/stream",
                 "client": k,
                 "body": {"content": "hello", "modelId": model, "userId": str(self.accounts[k]["user"].id)},
-                "headers": {"X-CSRFToken": self.accounts[k]["token"], "Accept": "text/event-stream"},
             }
             for k, chat in self.new_chats(count)
+        ]
+
+    def client_headers(self) -> list[dict[str, str]]:
+        """Each account's request headers, as its browser sends them: session cookies and the CSRF token."""
+        return [
+            {
+                "Cookie": "; ".join(f"{name}={value}" for name, value in a["cookies"].items()),
+                "X-CSRFToken": a["token"],
+                "Accept": "text/event-stream",
+            }
+            for a in self.accounts
         ]
 
     def run_load(
         self, target: str, replies: int, rounds: int, tokens: int, pace: float, limit: float, sample=None
     ) -> dict:
         """Run one load on `target` (`direct` or `chatsite`); `sample(background)` runs while it goes."""
+        url = urlsplit(self.standin_url if target == "direct" else self.stack.base_url)
         job = {
             "kind": "load",
+            "host": url.hostname,
+            "port": url.port,
             "rounds": [self.requests(target, replies, tokens, pace) for _ in range(rounds)],
-            "cookie_jars": [{}] if target == "direct" else self.cookie_jars(),
-            "warmup_urls": [f"{self.standin_url}/models"]
-            if target == "direct"
-            else [f"{self.stack.base_url}/api/auth/me"] * len(self.accounts),
+            "client_headers": [{}] if target == "direct" else self.client_headers(),
+            "warmup": "/v1/models" if target == "direct" else "/api/auth/me",
             "deadline": limit,
             "expected": reply_text(tokens),
         }
