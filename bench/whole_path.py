@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.chaos import RedisServer, drop_database, free_port, fresh_database  # noqa: E402
 from bench.loadgen import Background  # noqa: E402
-from bench.procfile_stack import ProcfileStack, cpu_ns, cpu_seconds, is_shell, process_tree  # noqa: E402
+from bench.procfile_stack import ProcfileStack, cpu_seconds, is_shell, process_tree  # noqa: E402
 from bench.relay import pct, setup_django  # noqa: E402
 from bench.standin import reply_text, running_standin  # noqa: E402
 from bench.whole_path_report import print_report  # noqa: E402
@@ -412,8 +412,8 @@ def measure_cpu(b: Bench) -> dict:
 
 def measure_send(b: Bench) -> dict:
     """Web CPU per send, p50 and mean. N sends, one after another, each on a new connection, whose responses are
-    closed once their headers arrive (the stream is never read); the web roles' CPU (every thread's, exact to the
-    nanosecond: schedstat) from before each request to 50 ms after it, idle CPU taken off. That is all a send
+    closed once their headers arrive (the stream is never read); the web roles' CPU (every thread's, to the
+    nanosecond) from before each request to 50 ms after it, idle CPU taken off. That is all a send
     costs the web process: accepting the connection and parsing HTTP, the middleware (session, CSRF, user), the
     view (validation, access checks, the transaction that saves the question and the queued reply, the enqueue
     to Celery), and opening and closing the reply's relay; not relaying its events. The same is measured for
@@ -422,7 +422,7 @@ def measure_send(b: Bench) -> dict:
     worker (another process, not counted)."""
     count = SENDS[b.args.size]
     pids = b.stack.pids(b.stack.web_roles())
-    idle_ns_per_s = 1e9 * sum(b.idle_rates.get(r, 0) for r in b.stack.web_roles())
+    idle_per_s = sum(b.idle_rates.get(r, 0) for r in b.stack.web_roles())
     model = b.model(1, 0)
     limits = httpx.Limits(max_keepalive_connections=0)
     clients = [
@@ -443,12 +443,12 @@ def measure_send(b: Bench) -> dict:
                     )  # fmt: skip
                 else:
                     request = clients[k].build_request("GET", "/api/auth/me")
-                began, cpu_before = time.monotonic(), cpu_ns(pids)
+                began, cpu_before = time.monotonic(), cpu_seconds(pids)
                 response = clients[k].send(request, stream=True)
                 response.close()
                 time.sleep(0.05)
                 window = time.monotonic() - began
-                per_request.append((cpu_ns(pids) - cpu_before - idle_ns_per_s * window) / 1e6)
+                per_request.append(1000 * (cpu_seconds(pids) - cpu_before - idle_per_s * window))
                 statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
             out[label] = {
                 "requests": count,
