@@ -136,7 +136,7 @@ send to the first text received; a reply cut off before any text counts as longe
 CPU figures are the roles' process trees' CPU clocks, with each process's idle CPU taken off: per token and
 per reply solve cpu = replies x per_reply + tokens x per_token over the two loads. Web CPU per send: N sends one
 after another, each on a new connection, closed once the response's headers arrive (the stream is never read),
-the web processes' CPU (every thread, to the ns) from each request to 50 ms after it: the connection, HTTP,
+the web processes' CPU (every thread, to the ns) from each request to 20 ms after it: the connection, HTTP,
 middleware (session, CSRF, user), the view (checks, one transaction, the enqueue) and opening and closing the
 relay. GET /api/auth/me is the same connection and middleware with no view work: the difference of the p50s is
 the send's own work."""
