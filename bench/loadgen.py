@@ -126,6 +126,7 @@ async def _reply(conn: Connection, request: dict, headers: str, rec: dict, expec
         raise
     finally:
         progress[1] += 1
+        progress[2] += rec["done"] and not rec["error"]
         if expected is not None and rec["done"]:
             rec["text_ok"] = "".join(parts) == expected
             if not rec["text_ok"]:
@@ -247,13 +248,13 @@ def _main(job: dict, results, progress) -> None:
 
 
 class Background:
-    """A load generator job in a spawned process. `progress[0]`/`progress[1]`: replies whose response began /
-    that ended (either way); `result()` waits for the outcome."""
+    """A load generator job in a spawned process. `progress`: replies whose response began, that ended (either
+    way), that ended with their end event; `result()` waits for the outcome."""
 
     def __init__(self, job: dict) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.queue = ctx.Queue()
-        self.progress = ctx.Array("i", 2, lock=False)
+        self.progress = ctx.Array("i", 3, lock=False)
         self.process = ctx.Process(target=_main, args=(job, self.queue, self.progress))
         self.process.start()
 

@@ -372,7 +372,7 @@ def measure_inflight(b: Bench) -> dict:
                     "redis": b.redis_connections(),
                     "at": round(time.time(), 1),
                 }
-            if load.progress[1] >= max(1, replies // 100):
+            if load.progress[2] >= max(1, replies // 100):
                 break
             time.sleep(0.5)
         return best
