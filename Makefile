@@ -97,9 +97,14 @@ CHAOS_RUNS ?= 20
 chaos-soak: install-dev
 	CHAOS_RUNS=$(CHAOS_RUNS) $(BIN)/python bench/chaos_soak.py
 
-# The relay benchmark: chatsite's stream path against a bare ASGI relay; prints its figures (bench/relay.py).
+# The benchmarks of the reply path, about 10 minutes: the relay (chatsite's stream path against a bare ASGI relay,
+# bench/relay.py), then the whole path (chatsite as the Procfile starts it in front of an OpenAI-compatible
+# stand-in server, against the same server streamed directly, bench/whole_path.py). Each prints its figures.
+# WHOLE_PATH_ARGS, e.g. "--only paced,cpu" or "--quick", is passed to the second.
+WHOLE_PATH_ARGS ?=
 bench: install-dev
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/whole_path.py $(WHOLE_PATH_ARGS)
 
 # CPU of one send (POST .../messages/stream, session and API key) in-process against a bare DRF view and a chat's
 # GET, with queries per request; `--profile N` adds a cProfile of N sends (bench/send_cpu.py).

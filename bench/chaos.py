@@ -63,7 +63,8 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of our own, so that restarting it disturbs nobody else."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, appendonly: bool = True) -> None:
+        self.appendonly = appendonly
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="chaos-redis-"))
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -72,7 +73,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--save", ""],
+             "--appendonly", "yes" if self.appendonly else "no", "--save", ""],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port)
@@ -102,9 +103,9 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def fresh_database(server_url: str) -> str:
-    """Create an empty database for this run and migrate it; return its URL."""
-    name = f"chatsite_chaos_{os.getpid()}"
+def fresh_database(server_url: str, name: str = "") -> str:
+    """Create an empty database for this run (`name`, default chatsite_chaos_<pid>) and migrate it; return its URL."""
+    name = name or f"chatsite_chaos_{os.getpid()}"
     with psycopg.connect(f"{server_url}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
