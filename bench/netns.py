@@ -88,14 +88,15 @@ class Forwarder:
                 continue
             upstream.settimeout(None)
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.listener.close()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy bytes from `source` to `sink` until either closes, then shut both (one direction of a TCP relay)."""
     try:
         while data := source.recv(65536):
             sink.sendall(data)

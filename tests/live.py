@@ -23,6 +23,7 @@ import redis
 from django.conf import settings
 from httpx_sse import connect_sse
 
+from bench.netns import pump
 from chats.event_schema import check_event
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -437,15 +438,4 @@ class TcpProxy:
             with self._lock:
                 self._open.update((client, server))
             for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
