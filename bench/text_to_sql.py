@@ -130,7 +130,7 @@ def run_question(user, model, question: str, steps: list[dict]) -> dict[str, Any
     from chats.events import EventPublisher
 
     # The reply runs here, in this thread, as a worker runs it (bench/retrieval.py turns its queueing off too).
-    actions.enqueue_reply = lambda message_id: None
+    actions.enqueue_reply = lambda message_id, lane=None: None
     from chats.models import Chat
     from pipelines.runner import run_reply
 
